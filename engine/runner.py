@@ -1,0 +1,526 @@
+"""The engine that walks a deployment's steps; it knows the database, hosts and HTTP, not Slack.
+
+A run is resumable: every decision is read back from the database, so any worker of any
+process can continue a deployment after a restart, a button press or a crash. A worker holds
+a lease on the deployment while it runs, and stops when the next step waits for a person.
+"""
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import httpx
+
+from engine.clock import Clock
+from engine.config import Config, Environment, ProbeSpec, Runbook, RunSpec, Step
+from engine.hosts import run_command
+from engine.probes import ProbeRequest, run_probe
+from engine.templates import Masker, MissingValue, render, render_data, render_shell
+from storage import repository
+from storage.db import Database
+from storage.models import (
+    Deployment,
+    DeploymentStatus,
+    OutboxMessage,
+    SignOff,
+    StepRun,
+    StepStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TAIL_LINES = 40
+OUTPUT_TAIL_CHARS = 2500
+LEASE_MARGIN = 120.0  # seconds a lease outlives the longest step it covers
+
+
+class RunObserver(Protocol):
+    def deployment_changed(self, deployment_id: int) -> None:
+        """Called after a committed change; the Slack side redraws from the database."""
+
+
+class NullObserver:
+    def deployment_changed(self, deployment_id: int) -> None:
+        pass
+
+
+def plan_steps(runbook: Runbook, environment: Environment) -> list[StepRun]:
+    """Return the step rows of a new deployment, in order, with manual fallbacks marked."""
+    rows = []
+    for position, (phase, step) in enumerate(runbook.steps()):
+        missing = [name for name in step.requires if environment.settings.get(name) is None]
+        reason = None
+        if missing and step.kind != "manual":
+            reason = f"{', '.join(missing)} not configured for {environment.name}; check by hand"
+        rows.append(
+            StepRun(
+                deployment_id=0,
+                position=position,
+                phase_id=phase.id,
+                phase_title=phase.title,
+                step_id=step.id,
+                title=step.title,
+                kind=step.kind,
+                manual_reason=reason,
+            )
+        )
+    return rows
+
+
+def backup_location(environment: Environment, deployment_id: int, now: datetime) -> str | None:
+    root = environment.settings.get("backup_root")
+    if root is None:
+        return None
+    return f"{str(root).rstrip('/')}/backup-{now:%Y%m%d-%H%M%S}-d{deployment_id}"
+
+
+def deployment_variables(deployment: Deployment, environment: Environment) -> dict[str, Any]:
+    """Return every value a placeholder may name for this deployment."""
+    values: dict[str, Any] = dict(environment.settings)
+    values.update(deployment.variables or {})
+    values.update(
+        version=deployment.version,
+        environment=deployment.environment,
+        deployment_id=deployment.id,
+        requested_by=deployment.requested_by,
+        runbook=deployment.runbook,
+        deadline_7d=(deployment.created_at + timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    for name, variable in environment.secrets.items():
+        if os.environ.get(variable):
+            values[f"secrets.{name}"] = os.environ[variable]
+    return values
+
+
+def secret_values(environment: Environment) -> dict[str, str]:
+    return {name: os.environ.get(variable, "") for name, variable in environment.secrets.items()}
+
+
+class Runner:
+    def __init__(
+        self,
+        db: Database,
+        config: Config,
+        *,
+        owner: str,
+        clock: Clock | None = None,
+        observer: RunObserver | None = None,
+        probe_transport: httpx.BaseTransport | None = None,
+    ):
+        self.db = db
+        self.config = config
+        self.owner = owner
+        self.clock = clock or Clock()
+        self.observer = observer or NullObserver()
+        self.probe_transport = probe_transport
+
+    # --- public ------------------------------------------------------------------------------
+
+    def run(self, deployment_id: int) -> None:
+        """Advance the deployment as far as it can go, unless another worker holds it."""
+        with self.db.session() as session:
+            seen = repository.claim_run(
+                session, deployment_id, self.owner, self.clock.now(), LEASE_MARGIN
+            )
+        if seen is None:
+            logger.info("Deployment %s is run by another worker", deployment_id)
+            return
+        while True:
+            try:
+                self._advance(deployment_id)
+            except Exception:
+                logger.exception("Deployment %s: the run stopped on an error", deployment_id)
+                self._fail_unexpectedly(deployment_id)
+            with self.db.session() as session:
+                if repository.release_run(session, deployment_id, self.owner, seen):
+                    return
+                deployment = repository.get_deployment(session, deployment_id)
+                seen = deployment.wake_seq
+
+    # --- the step loop -----------------------------------------------------------------------
+
+    def _advance(self, deployment_id: int) -> None:
+        while True:
+            with self.db.session() as session:
+                deployment = repository.get_deployment(session, deployment_id)
+                if deployment is None or deployment.status.finished:
+                    return
+                steps = repository.steps_of(session, deployment_id)
+                step = next((row for row in steps if not row.status.finished), None)
+                if step is None:
+                    self._finish(session, deployment, DeploymentStatus.SUCCEEDED)
+                    self._commit_and_notify(session, deployment_id)
+                    return
+                if deployment.status == DeploymentStatus.PENDING:
+                    deployment.started_at = self.clock.now()
+                    logger.info(
+                        "Deployment %s of %s to %s started",
+                        deployment_id,
+                        deployment.version,
+                        deployment.environment,
+                    )
+                action = self._next_action(session, deployment, step)
+                self._commit_and_notify(session, deployment_id)
+            if action is None:
+                return
+            if action is not _CONTINUE:
+                action()
+
+    def _next_action(self, session, deployment: Deployment, step: StepRun):
+        """Move ``step`` on as far as the database allows; return slow work to do, if any."""
+        environment = self.config.environments[deployment.environment]
+        definition = self._definition(step.step_id)
+        now = self.clock.now()
+        if step.status == StepStatus.WAITING:
+            sign_off = _sign_off_for(session, deployment.id, step.step_id)
+            if sign_off is None:
+                return None
+            self._apply_sign_off(session, deployment, step, sign_off)
+            return _CONTINUE
+        if step.kind == "gate" and not environment.require_approval:
+            reason = f"approval is not required in {environment.name}"
+            repository.update_step(
+                session,
+                step,
+                status=StepStatus.SKIPPED,
+                started_at=now,
+                finished_at=now,
+                error=reason,
+            )
+            return _CONTINUE
+        if step.kind in ("manual", "gate") or step.manual_reason:
+            repository.update_step(session, step, status=StepStatus.WAITING, started_at=now)
+            deployment.status = DeploymentStatus.WAITING
+            deployment.updated_at = now
+            repository.audit(
+                session,
+                now=now,
+                actor="gonogo",
+                action="step.waiting",
+                deployment_id=deployment.id,
+                step=step.step_id,
+            )
+            return None
+        repository.update_step(
+            session, step, status=StepStatus.RUNNING, started_at=now, attempts=step.attempts + 1
+        )
+        deployment.status = DeploymentStatus.RUNNING
+        deployment.updated_at = now
+        repository.extend_run(
+            session, deployment.id, self.owner, now, _step_seconds(definition) + LEASE_MARGIN
+        )
+        values = deployment_variables(deployment, environment)
+        return lambda: self._execute(deployment.id, step.id, definition, environment, values)
+
+    def _apply_sign_off(
+        self, session, deployment: Deployment, step: StepRun, sign_off: SignOff
+    ) -> None:
+        if sign_off.decision == "rejected":
+            repository.update_step(
+                session,
+                step,
+                status=StepStatus.FAILED,
+                finished_at=sign_off.decided_at,
+                error=f"rejected by {sign_off.user_id}"
+                + (f": {sign_off.comment}" if sign_off.comment else ""),
+            )
+            self._finish(session, deployment, DeploymentStatus.REJECTED, error=step.error)
+            return
+        repository.update_step(
+            session, step, status=StepStatus.PASSED, finished_at=sign_off.decided_at
+        )
+        deployment.status = DeploymentStatus.RUNNING
+
+    # --- executing one step ------------------------------------------------------------------
+
+    def _execute(
+        self,
+        deployment_id: int,
+        step_run_id: int,
+        step: Step,
+        environment: Environment,
+        values: dict[str, Any],
+    ) -> None:
+        masker = Masker(secret_values(environment))
+        logger.info("Deployment %s: step %s started", deployment_id, step.id)
+        try:
+            outcome = self._perform(step, environment, values)
+        except MissingValue as error:
+            outcome = _Outcome(False, error=_missing_value_message(error, environment))
+        with self.db.session() as session:
+            deployment = repository.get_deployment(session, deployment_id)
+            row = session.get(StepRun, step_run_id)
+            now = self.clock.now()
+            repository.update_step(
+                session,
+                row,
+                status=StepStatus.PASSED if outcome.ok else StepStatus.FAILED,
+                finished_at=now,
+                exit_code=outcome.exit_code,
+                hosts=outcome.hosts,
+                output_tail=masker(_tail(outcome.output)),
+                error=masker(outcome.error),
+            )
+            if outcome.captured:
+                deployment.variables = {**(deployment.variables or {}), **outcome.captured}
+            for channel, text in outcome.notices:
+                repository.enqueue(
+                    session,
+                    OutboxMessage(
+                        deployment_id=deployment_id,
+                        kind="notify",
+                        channel=channel,
+                        text=masker(text),
+                        created_at=now,
+                    ),
+                )
+            if step.kind in ("run", "probe"):
+                repository.enqueue(
+                    session,
+                    OutboxMessage(
+                        deployment_id=deployment_id,
+                        kind="step_output",
+                        step_id=step.id,
+                        created_at=now,
+                    ),
+                )
+            repository.audit(
+                session,
+                now=now,
+                actor="gonogo",
+                action="step.finished",
+                deployment_id=deployment_id,
+                step=step.id,
+                status=row.status.value,
+                exit_code=outcome.exit_code,
+            )
+            if not outcome.ok:
+                logger.warning(
+                    "Deployment %s: step %s failed: %s", deployment_id, step.id, row.error
+                )
+                self._finish(
+                    session,
+                    deployment,
+                    DeploymentStatus.FAILED,
+                    error=f"{step.title}: {row.error}",
+                    failed_step=step.id,
+                )
+            else:
+                logger.info("Deployment %s: step %s passed", deployment_id, step.id)
+            self._commit_and_notify(session, deployment_id)
+
+    def _perform(self, step: Step, environment: Environment, values: dict[str, Any]) -> "_Outcome":
+        if isinstance(step.spec, RunSpec):
+            return self._run_on_hosts(step.spec, environment, values)
+        if isinstance(step.spec, ProbeSpec):
+            return self._probe(step.spec, values)
+        if step.wait is not None:
+            self.clock.sleep(step.wait.seconds)
+            return _Outcome(True, output=f"waited {step.wait.seconds:g} s")
+        if step.notify is not None:
+            text = render(step.notify.text, values)
+            notices = [(environment.notify_channels[name], text) for name in step.notify.to]
+            names = ", ".join(step.notify.to)
+            return _Outcome(True, output=f"sent to {names}", notices=notices)
+        raise AssertionError(f"step kind {step.kind} does not run in a worker")
+
+    def _run_on_hosts(self, spec: RunSpec, environment: Environment, values) -> "_Outcome":
+        script = render_shell(spec.command, values)
+        hosts = environment.hosts[spec.hosts]
+        output: list[str] = []
+        captured: dict[str, Any] = {}
+        for host in hosts:
+            result = run_command(environment, host, script, spec.timeout)
+            if len(hosts) > 1:
+                output.append(f"--- {host}")
+            output.append((result.stdout + result.stderr).rstrip("\n"))
+            if not result.ok:
+                error = result.error or f"exit code {result.exit_code} on {host}"
+                return _Outcome(
+                    False,
+                    exit_code=result.exit_code,
+                    output="\n".join(output),
+                    error=error,
+                    hosts=", ".join(hosts),
+                )
+            for name, pattern in spec.capture.items():
+                match = re.search(pattern, result.stdout, re.MULTILINE)
+                if match is None:
+                    return _Outcome(
+                        False,
+                        exit_code=result.exit_code,
+                        output="\n".join(output),
+                        error=f"output on {host} has no match for {name} ({pattern})",
+                        hosts=", ".join(hosts),
+                    )
+                captured[name] = match.group(1).strip()
+        return _Outcome(
+            True, exit_code=0, output="\n".join(output), captured=captured, hosts=", ".join(hosts)
+        )
+
+    def _probe(self, spec: ProbeSpec, values) -> "_Outcome":
+        request = ProbeRequest(
+            method=spec.method,
+            url=render(spec.url, values),
+            headers={key: render(value, values) for key, value in spec.headers.items()},
+            json_body=render_data(spec.json_body, values),
+            expect_status=spec.expect_status,
+            expect_json=render_data(spec.expect_json, values),
+            attempts=spec.attempts,
+            interval=spec.interval,
+            initial_delay=spec.initial_delay,
+            timeout=spec.timeout,
+            capture=spec.capture,
+        )
+        result = run_probe(request, self.clock, self.probe_transport)
+        summary = f"{request.method} {request.url}: "
+        summary += f"HTTP {result.status}" if result.status else "no reply"
+        summary += f" after {result.attempts} attempt(s)"
+        output = summary + ("\n" + result.body if result.body else "")
+        return _Outcome(
+            result.ok,
+            exit_code=None,
+            output=output,
+            error=None if result.ok else f"{request.url}: {result.error}",
+            captured={key: str(value) for key, value in result.captured.items()},
+        )
+
+    # --- finishing ---------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        session,
+        deployment: Deployment,
+        status: DeploymentStatus,
+        *,
+        error: str | None = None,
+        failed_step: str | None = None,
+    ) -> None:
+        now = self.clock.now()
+        deployment.status = status
+        deployment.finished_at = now
+        deployment.updated_at = now
+        deployment.error = error
+        repository.mark_not_run(session, deployment.id)
+        repository.release_environment(session, deployment)
+        if status == DeploymentStatus.FAILED:
+            repository.enqueue(
+                session,
+                OutboxMessage(
+                    deployment_id=deployment.id, kind="alert", step_id=failed_step, created_at=now
+                ),
+            )
+        repository.enqueue(
+            session, OutboxMessage(deployment_id=deployment.id, kind="log", created_at=now)
+        )
+        repository.audit(
+            session,
+            now=now,
+            actor="gonogo",
+            action="deployment.finished",
+            deployment_id=deployment.id,
+            status=status.value,
+        )
+        logger.info(
+            "Deployment %s of %s to %s finished: %s",
+            deployment.id,
+            deployment.version,
+            deployment.environment,
+            status.value,
+        )
+
+    def _fail_unexpectedly(self, deployment_id: int) -> None:
+        with self.db.session() as session:
+            deployment = repository.get_deployment(session, deployment_id)
+            if deployment is None or deployment.status.finished:
+                return
+            running = [
+                row
+                for row in repository.steps_of(session, deployment_id)
+                if row.status == StepStatus.RUNNING
+            ]
+            for row in running:
+                repository.update_step(
+                    session,
+                    row,
+                    status=StepStatus.FAILED,
+                    finished_at=self.clock.now(),
+                    error="gonogo hit an internal error; see its log",
+                )
+            self._finish(
+                session,
+                deployment,
+                DeploymentStatus.FAILED,
+                error="gonogo hit an internal error; see its log",
+                failed_step=running[0].step_id if running else None,
+            )
+        self.observer.deployment_changed(deployment_id)
+
+    def _commit_and_notify(self, session, deployment_id: int) -> None:
+        session.commit()
+        self.observer.deployment_changed(deployment_id)
+
+    def _definition(self, step_id: str) -> Step:
+        for _, step in self.config.runbook.steps():
+            if step.id == step_id:
+                return step
+        raise KeyError(f"step {step_id} is not in runbook {self.config.runbook.name}")
+
+
+class _Outcome:
+    def __init__(
+        self,
+        ok: bool,
+        *,
+        exit_code: int | None = None,
+        output: str = "",
+        error: str | None = None,
+        captured: dict[str, Any] | None = None,
+        notices: list[tuple[str, str]] | None = None,
+        hosts: str | None = None,
+    ):
+        self.ok = ok
+        self.exit_code = exit_code
+        self.output = output
+        self.error = error
+        self.captured = captured or {}
+        self.notices = notices or []
+        self.hosts = hosts
+
+
+_CONTINUE: Callable[[], None] = lambda: None  # noqa: E731  (a marker: go on without slow work)
+
+
+def _sign_off_for(session, deployment_id: int, step_id: str) -> SignOff | None:
+    for sign_off in repository.sign_offs_of(session, deployment_id):
+        if sign_off.step_id == step_id:
+            return sign_off
+    return None
+
+
+def _step_seconds(step: Step) -> float:
+    if step.run:
+        return step.run.timeout
+    if step.probe:
+        probe = step.probe
+        return probe.initial_delay + probe.attempts * (probe.timeout + probe.interval)
+    if step.wait:
+        return step.wait.seconds
+    return 0.0
+
+
+def _tail(text: str) -> str:
+    lines = text.strip("\n").splitlines()[-OUTPUT_TAIL_LINES:]
+    tail = "\n".join(lines)
+    return tail[-OUTPUT_TAIL_CHARS:]
+
+
+def _missing_value_message(error: MissingValue, environment: Environment) -> str:
+    name = error.name
+    if name.startswith("secrets."):
+        variable = environment.secrets.get(name.removeprefix("secrets."), "?")
+        return f"secret {name} is missing: set the environment variable {variable}"
+    return f"{{{{ {name} }}}} has no value: set it in environment {environment.name}"

@@ -1,0 +1,151 @@
+"""Tables that hold every deployment's state; Slack messages are drawn from these alone.
+
+Times are naive datetimes in UTC, because SQLite drops the zone of an aware one.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class DeploymentStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"  # for a person: a manual check or a gate
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_DEPLOYMENT
+
+
+FINISHED_DEPLOYMENT = frozenset(
+    {DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.REJECTED}
+)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    NOT_RUN = "not_run"  # a step after a failure or a rejection
+
+    @property
+    def finished(self) -> bool:
+        return self not in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING)
+
+
+class Deployment(SQLModel, table=True):
+    __tablename__ = "deployments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    runbook: str
+    environment: str = Field(index=True)
+    version: str
+    status: DeploymentStatus = DeploymentStatus.PENDING
+    requested_by: str
+    request_channel: str
+    channel: str  # channel of the checklist message
+    message_ts: str | None = None
+    message_claimed_by: str | None = None  # the process that posts the checklist message
+    variables: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+    # A worker owns the run while its lease lasts; wake_seq counts requests to continue.
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    wake_seq: int = 0
+
+
+class StepRun(SQLModel, table=True):
+    __tablename__ = "step_runs"
+    __table_args__ = (UniqueConstraint("deployment_id", "step_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: int = Field(foreign_key="deployments.id", index=True)
+    position: int
+    phase_id: str
+    phase_title: str
+    step_id: str
+    title: str
+    kind: str  # run, probe, manual, notify, wait or gate
+    manual_reason: str | None = None  # why a step of another kind is left to a person
+    status: StepStatus = StepStatus.PENDING
+    hosts: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    output_tail: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    attempts: int = 0
+
+
+class SignOff(SQLModel, table=True):
+    """A person's decision on a gate or manual check; the first press wins."""
+
+    __tablename__ = "sign_offs"
+    __table_args__ = (UniqueConstraint("deployment_id", "step_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: int = Field(foreign_key="deployments.id", index=True)
+    step_id: str
+    decision: str  # approved, rejected or done
+    user_id: str
+    decided_at: datetime
+    comment: str | None = None
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: int | None = Field(default=None, index=True)
+    at: datetime
+    actor: str  # a Slack user ID, or "gonogo" for the engine
+    action: str
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class EnvironmentLock(SQLModel, table=True):
+    """One row per environment with an active deployment; the primary key makes it unique."""
+
+    __tablename__ = "environment_locks"
+
+    environment: str = Field(primary_key=True)
+    deployment_id: int = Field(foreign_key="deployments.id")
+    acquired_at: datetime
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A post to Slack that a state change calls for, written in the same transaction.
+
+    ``kind`` says what to draw from the stored state when it is sent: ``step_output`` (the
+    output tail of ``step_id``), ``alert`` (a failure), ``notify`` (``text`` to ``channel``),
+    ``decision`` (a sign-off on ``step_id``) or ``log`` (the deployment log).
+    """
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: int = Field(foreign_key="deployments.id", index=True)
+    kind: str
+    step_id: str | None = None
+    channel: str | None = None  # None means the thread of the checklist message
+    text: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+    sent_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))

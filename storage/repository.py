@@ -1,0 +1,289 @@
+"""Queries and atomic updates on the tables in storage.models.
+
+Every guarantee that must hold across processes (one active deployment per environment, one
+worker per run, the first button press wins, each Slack post sent once) is a constraint or a
+conditional UPDATE here, never a lock in process memory.
+"""
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from storage.models import (
+    AuditEvent,
+    Deployment,
+    DeploymentStatus,
+    EnvironmentLock,
+    OutboxMessage,
+    SignOff,
+    StepRun,
+    StepStatus,
+)
+
+
+class EnvironmentBusy(Exception):
+    """The environment already has an active deployment."""
+
+    def __init__(self, active: Deployment):
+        self.active = active
+        super().__init__(f"environment {active.environment} is busy with deployment {active.id}")
+
+
+class AlreadyDecided(Exception):
+    """Somebody signed off this step first."""
+
+    def __init__(self, sign_off: SignOff):
+        self.sign_off = sign_off
+        super().__init__(f"step {sign_off.step_id} was already {sign_off.decision}")
+
+
+# --- deployments -----------------------------------------------------------------------------
+
+
+def create_deployment(
+    session: Session, deployment: Deployment, steps: Iterable[StepRun], now: datetime
+) -> Deployment:
+    """Insert ``deployment`` with its steps and take its environment's lock.
+
+    Raises EnvironmentBusy naming the active deployment. This must be the first write of a
+    fresh session: on a conflict the session is rolled back.
+    """
+    session.add(deployment)
+    session.flush()
+    lock = EnvironmentLock(
+        environment=deployment.environment, deployment_id=deployment.id, acquired_at=now
+    )
+    try:
+        session.add(lock)
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        active = active_deployment(session, deployment.environment)
+        if active is None:  # finished between the insert and the lookup; ask again
+            raise
+        raise EnvironmentBusy(active) from None
+    for step in steps:
+        step.deployment_id = deployment.id
+        session.add(step)
+    session.flush()
+    return deployment
+
+
+def active_deployment(session: Session, environment: str) -> Deployment | None:
+    lock = session.get(EnvironmentLock, environment)
+    return session.get(Deployment, lock.deployment_id) if lock else None
+
+
+def release_environment(session: Session, deployment: Deployment) -> None:
+    lock = session.get(EnvironmentLock, deployment.environment)
+    if lock is not None and lock.deployment_id == deployment.id:
+        session.delete(lock)
+
+
+def get_deployment(session: Session, deployment_id: int) -> Deployment | None:
+    return session.get(Deployment, deployment_id)
+
+
+def steps_of(session: Session, deployment_id: int) -> list[StepRun]:
+    statement = select(StepRun).where(StepRun.deployment_id == deployment_id)
+    return list(session.exec(statement.order_by(col(StepRun.position))))
+
+
+def sign_offs_of(session: Session, deployment_id: int) -> list[SignOff]:
+    statement = select(SignOff).where(SignOff.deployment_id == deployment_id)
+    return list(session.exec(statement.order_by(col(SignOff.decided_at))))
+
+
+def unfinished_deployments(session: Session, now: datetime) -> list[int]:
+    """Return ids of running deployments whose worker lease has lapsed (a crashed worker)."""
+    statement = select(Deployment.id).where(
+        col(Deployment.status).in_([DeploymentStatus.PENDING, DeploymentStatus.RUNNING]),
+        or_(col(Deployment.lease_until).is_(None), col(Deployment.lease_until) < now),
+    )
+    return list(session.exec(statement))
+
+
+# --- worker leases ---------------------------------------------------------------------------
+
+
+def claim_run(session: Session, deployment_id: int, owner: str, now: datetime, ttl: float):
+    """Take the run of a deployment for ``owner``; return the wake count seen, or None."""
+    result = session.execute(
+        update(Deployment)
+        .where(
+            col(Deployment.id) == deployment_id,
+            or_(
+                col(Deployment.lease_owner).is_(None),
+                col(Deployment.lease_owner) == owner,
+                col(Deployment.lease_until) < now,
+            ),
+        )
+        .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl))
+    )
+    if result.rowcount != 1:
+        return None
+    return session.exec(select(Deployment.wake_seq).where(Deployment.id == deployment_id)).one()
+
+
+def extend_run(session: Session, deployment_id: int, owner: str, now: datetime, ttl: float):
+    session.execute(
+        update(Deployment)
+        .where(col(Deployment.id) == deployment_id, col(Deployment.lease_owner) == owner)
+        .values(lease_until=now + timedelta(seconds=ttl))
+    )
+
+
+def release_run(session: Session, deployment_id: int, owner: str, seen_wake_seq: int) -> bool:
+    """Give up the run unless a wake arrived since ``seen_wake_seq``; True when released."""
+    result = session.execute(
+        update(Deployment)
+        .where(
+            col(Deployment.id) == deployment_id,
+            col(Deployment.lease_owner) == owner,
+            col(Deployment.wake_seq) == seen_wake_seq,
+        )
+        .values(lease_owner=None, lease_until=None)
+    )
+    return result.rowcount == 1
+
+
+def wake(session: Session, deployment_id: int) -> None:
+    """Count a request to continue, so a worker about to stop runs once more."""
+    session.execute(
+        update(Deployment)
+        .where(col(Deployment.id) == deployment_id)
+        .values(wake_seq=Deployment.wake_seq + 1)
+    )
+
+
+# --- sign-offs and audit ---------------------------------------------------------------------
+
+
+def record_sign_off(session: Session, sign_off: SignOff) -> SignOff:
+    """Store a decision, or raise AlreadyDecided with the one stored first.
+
+    This must be the first write of a fresh session: on a conflict the session is rolled back.
+    """
+    try:
+        session.add(sign_off)
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        existing = session.exec(
+            select(SignOff).where(
+                SignOff.deployment_id == sign_off.deployment_id,
+                SignOff.step_id == sign_off.step_id,
+            )
+        ).one()
+        raise AlreadyDecided(existing) from None
+    return sign_off
+
+
+def audit(
+    session: Session,
+    *,
+    now: datetime,
+    actor: str,
+    action: str,
+    deployment_id: int | None = None,
+    **detail: Any,
+) -> None:
+    session.add(
+        AuditEvent(deployment_id=deployment_id, at=now, actor=actor, action=action, detail=detail)
+    )
+
+
+def audit_trail(session: Session, deployment_id: int) -> list[AuditEvent]:
+    statement = select(AuditEvent).where(AuditEvent.deployment_id == deployment_id)
+    return list(session.exec(statement.order_by(col(AuditEvent.id))))
+
+
+# --- outbox ----------------------------------------------------------------------------------
+
+
+def enqueue(session: Session, message: OutboxMessage) -> None:
+    session.add(message)
+
+
+def claim_outbox(
+    session: Session, owner: str, now: datetime, ttl: float, limit: int = 20
+) -> list[OutboxMessage]:
+    """Claim unsent messages whose deployment has a checklist message, oldest first."""
+    candidates = session.exec(
+        select(OutboxMessage.id)
+        .join(Deployment, col(Deployment.id) == col(OutboxMessage.deployment_id))
+        .where(
+            col(OutboxMessage.sent_at).is_(None),
+            col(Deployment.message_ts).is_not(None),
+            or_(
+                col(OutboxMessage.claimed_until).is_(None),
+                col(OutboxMessage.claimed_until) < now,
+            ),
+        )
+        .order_by(col(OutboxMessage.id))
+        .limit(limit)
+    ).all()
+    claimed = []
+    for message_id in candidates:
+        result = session.execute(
+            update(OutboxMessage)
+            .where(
+                col(OutboxMessage.id) == message_id,
+                col(OutboxMessage.sent_at).is_(None),
+                or_(
+                    col(OutboxMessage.claimed_until).is_(None),
+                    col(OutboxMessage.claimed_until) < now,
+                ),
+            )
+            .values(claimed_by=owner, claimed_until=now + timedelta(seconds=ttl))
+        )
+        if result.rowcount == 1:
+            claimed.append(session.get(OutboxMessage, message_id))
+    return claimed
+
+
+def pending_outbox_count(session: Session) -> int:
+    statement = select(func.count()).select_from(OutboxMessage)
+    return session.exec(statement.where(col(OutboxMessage.sent_at).is_(None))).one()
+
+
+def claim_message_post(session: Session, deployment_id: int, owner: str) -> bool:
+    """Let exactly one process post a deployment's checklist message."""
+    result = session.execute(
+        update(Deployment)
+        .where(
+            col(Deployment.id) == deployment_id,
+            col(Deployment.message_claimed_by).is_(None),
+        )
+        .values(message_claimed_by=owner)
+    )
+    return result.rowcount == 1
+
+
+def deployments_with_status(
+    session: Session, statuses: Iterable[DeploymentStatus]
+) -> list[Deployment]:
+    statement = select(Deployment).where(col(Deployment.status).in_(list(statuses)))
+    return list(session.exec(statement))
+
+
+def update_step(session: Session, step: StepRun, **values: Any) -> StepRun:
+    for key, value in values.items():
+        setattr(step, key, value)
+    session.add(step)
+    return step
+
+
+def mark_not_run(session: Session, deployment_id: int) -> None:
+    session.execute(
+        update(StepRun)
+        .where(
+            col(StepRun.deployment_id) == deployment_id,
+            col(StepRun.status).in_([StepStatus.PENDING, StepStatus.WAITING]),
+        )
+        .values(status=StepStatus.NOT_RUN)
+    )
