@@ -161,6 +161,21 @@ class Decision(Strict):
     action: StrictStr
 
 
+class DeploymentLogFields(Strict):
+    """The steps whose results fill the fields of the deployment log."""
+
+    target_role: StrictStr | None = None
+    health_checks: list[StrictStr] = []
+    docker_pull: StrictStr | None = None
+    services_up: StrictStr | None = None
+    health_verified: StrictStr | None = None
+    validation: dict[StrictStr, StrictStr] = {}
+
+    def step_ids(self) -> list[str]:
+        named = [self.docker_pull, self.services_up, self.health_verified]
+        return [*self.health_checks, *(n for n in named if n), *self.validation.values()]
+
+
 class Runbook(Strict):
     name: Annotated[StrictStr, Field(pattern=SLUG)]
     title: StrictStr
@@ -173,6 +188,7 @@ class Runbook(Strict):
     escalation: list[StrictStr] = []
     decision_matrix: list[Decision] = []
     final_checklist: list[StrictStr] = []
+    deployment_log: DeploymentLogFields = DeploymentLogFields()
 
     @model_validator(mode="after")
     def _valid_pattern_and_unique_ids(self) -> Runbook:
@@ -185,7 +201,16 @@ class Runbook(Strict):
             if step.id in seen:
                 raise ValueError(f"step id {step.id!r} is used twice; step ids must be unique")
             seen.add(step.id)
+        for step_id in self.deployment_log.step_ids():
+            if step_id not in seen:
+                raise ValueError(f"deployment_log names step {step_id!r}, which no phase has")
         return self
+
+    def step(self, step_id: str) -> Step:
+        for _, step in self.steps():
+            if step.id == step_id:
+                return step
+        raise KeyError(f"step {step_id} is not in runbook {self.name}")
 
     def steps(self) -> list[tuple[Phase, Step]]:
         return [(phase, step) for phase in self.phases for step in phase.steps]
@@ -425,6 +450,16 @@ def _check_references(
                     f"environment {environment_name!r} gives no contact for {role!r}",
                 )
             )
+    target_role = runbook.deployment_log.target_role
+    if target_role and target_role not in environment.hosts:
+        problems.append(
+            ConfigProblem(
+                runbook_doc.file,
+                runbook_doc.line_of(("deployment_log", "target_role")),
+                "deployment_log.target_role",
+                f"host role {target_role!r} is not defined in environment {environment_name!r}",
+            )
+        )
     for group_location, steps in runbook.step_groups():
         if group_location[0] != "phases":
             # Post-deployment and rollback steps run after the phases, so every capture counts.

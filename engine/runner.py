@@ -172,7 +172,7 @@ class Runner:
     def _next_action(self, session, deployment: Deployment, step: StepRun):
         """Move ``step`` on as far as the database allows; return slow work to do, if any."""
         environment = self.config.environments[deployment.environment]
-        definition = self._definition(step.step_id)
+        definition = self.config.runbook.step(step.step_id)
         now = self.clock.now()
         if step.status == StepStatus.WAITING:
             sign_off = _sign_off_for(session, deployment.id, step.step_id)
@@ -462,12 +462,6 @@ class Runner:
     def _commit_and_notify(self, session, deployment_id: int) -> None:
         session.commit()
         self.observer.deployment_changed(deployment_id)
-
-    def _definition(self, step_id: str) -> Step:
-        for _, step in self.config.runbook.steps():
-            if step.id == step_id:
-                return step
-        raise KeyError(f"step {step_id} is not in runbook {self.config.runbook.name}")
 
 
 class _Outcome:

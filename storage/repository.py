@@ -99,9 +99,14 @@ def sign_offs_of(session: Session, deployment_id: int) -> list[SignOff]:
 
 
 def unfinished_deployments(session: Session, now: datetime) -> list[int]:
-    """Return ids of running deployments whose worker lease has lapsed (a crashed worker)."""
+    """Return ids of unfinished deployments that no worker holds, such as after a crash.
+
+    Waiting deployments are included because a decision may have been stored just before
+    its process stopped; the runner returns at once when the step is still waiting.
+    """
+    unfinished = [DeploymentStatus.PENDING, DeploymentStatus.RUNNING, DeploymentStatus.WAITING]
     statement = select(Deployment.id).where(
-        col(Deployment.status).in_([DeploymentStatus.PENDING, DeploymentStatus.RUNNING]),
+        col(Deployment.status).in_(unfinished),
         or_(col(Deployment.lease_until).is_(None), col(Deployment.lease_until) < now),
     )
     return list(session.exec(statement))
@@ -262,6 +267,11 @@ def claim_message_post(session: Session, deployment_id: int, owner: str) -> bool
         .values(message_claimed_by=owner)
     )
     return result.rowcount == 1
+
+
+def deployments_without_message(session: Session) -> list[int]:
+    statement = select(Deployment.id).where(col(Deployment.message_claimed_by).is_(None))
+    return list(session.exec(statement))
 
 
 def deployments_with_status(

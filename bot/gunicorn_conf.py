@@ -1,0 +1,21 @@
+"""gunicorn settings of the web process (see Procfile)."""
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GONOGO_THREADS", "8"))
+timeout = 60
+graceful_timeout = 30
+accesslog = "-"
+
+
+def on_starting(server) -> None:
+    """Check the configuration and create the tables once, before the workers fork."""
+    from bot.runtime import Settings
+    from storage.db import Database
+
+    settings = Settings.from_environ()
+    settings.load_config()
+    Database(settings.database_url).create_tables()

@@ -1,0 +1,269 @@
+"""Keeps Slack in step with the database: one checklist message per deployment, and the outbox.
+
+Changes are coalesced: a checklist message is redrawn at most once per ``min_interval``
+seconds and only when its rendering changed, so a whole run stays within chat.update's
+limit of about 50 calls a minute. Outbox rows (step output, alerts, notices, the log) are
+sent in order, each once, whichever process claims them. A 429 reply is retried after its
+Retry-After by slack_sdk's RateLimitErrorRetryHandler in the client.
+"""
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+from bot import views
+from engine.clock import Clock
+from engine.config import Config
+from storage import repository
+from storage.db import Database
+from storage.models import Deployment, OutboxMessage
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_CLAIM_SECONDS = 60.0
+MAX_SEND_ATTEMPTS = 5
+
+
+class SlackPort(Protocol):
+    """The few Web API calls the notifier makes; bot.slack_port and bot.console implement it."""
+
+    def post_message(
+        self,
+        channel: str,
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+        thread_ts: str | None = None,
+        broadcast: bool = False,
+    ) -> str:
+        """Post a message and return its ts."""
+
+    def update_message(
+        self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None
+    ) -> None: ...
+
+
+class Notifier:
+    def __init__(
+        self,
+        db: Database,
+        config: Config,
+        slack: SlackPort,
+        *,
+        owner: str,
+        min_interval: float = 1.2,
+        poll_interval: float = 2.0,
+        clock: Clock | None = None,
+    ):
+        self.db = db
+        self.config = config
+        self.slack = slack
+        self.owner = owner
+        self.min_interval = min_interval
+        self.poll_interval = poll_interval
+        self.clock = clock or Clock()
+        self._dirty: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drawn: dict[int, str] = {}  # deployment id -> hash of the last rendering sent
+        self._drawn_at: dict[int, float] = {}
+
+    # --- RunObserver -------------------------------------------------------------------------
+
+    def deployment_changed(self, deployment_id: int) -> None:
+        with self._lock:
+            self._dirty.add(deployment_id)
+            self._idle.clear()
+        self._wake.set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="gonogo-notifier", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until nothing is left to draw or send; True unless the timeout ran out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._wake.set()
+            if self._idle.wait(timeout=0.1) and not self._dirty:
+                with self.db.session() as session:
+                    if repository.pending_outbox_count(session) == 0:
+                        return True
+        return False
+
+    def run_once(self) -> None:
+        """Redraw what changed and send what is queued; the loop calls this after each wake."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for deployment_id in sorted(dirty | self._unposted()):
+            delay = self._redraw(deployment_id)
+            if delay:
+                with self._lock:
+                    self._dirty.add(deployment_id)
+        self._send_outbox()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        logger.info("Notifier %s started", self.owner)
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self.poll_interval)
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:
+                logger.exception("Notifier pass failed; retrying in %.1f s", self.poll_interval)
+                self._stop.wait(self.poll_interval)
+            with self._lock:
+                pause = self._next_pause() if self._dirty else None
+                if pause is None:
+                    self._idle.set()
+            if pause is not None:
+                self._stop.wait(pause)
+                self._wake.set()
+        logger.info("Notifier %s stopped", self.owner)
+
+    def _next_pause(self) -> float:
+        now = time.monotonic()
+        waits = [
+            self._drawn_at.get(deployment_id, 0.0) + self.min_interval - now
+            for deployment_id in self._dirty
+        ]
+        return max(0.05, min(waits, default=0.05))
+
+    def _unposted(self) -> set[int]:
+        """Deployments whose checklist message nobody has posted (also from other processes)."""
+        with self.db.session() as session:
+            return set(repository.deployments_without_message(session))
+
+    def _redraw(self, deployment_id: int) -> bool:
+        """Post or update the checklist message; return True when it must wait for its turn."""
+        with self.db.session() as session:
+            deployment = repository.get_deployment(session, deployment_id)
+            if deployment is None:
+                return False
+            steps = repository.steps_of(session, deployment_id)
+            sign_offs = repository.sign_offs_of(session, deployment_id)
+        text, blocks = views.checklist_message(self.config, deployment, steps, sign_offs)
+        digest = hashlib.sha256(json.dumps([text, blocks], sort_keys=True).encode()).hexdigest()
+        if self._drawn.get(deployment_id) == digest:
+            return False
+        if deployment.message_ts is None:
+            return self._post_checklist(deployment, text, blocks, digest)
+        wait = self._drawn_at.get(deployment_id, 0.0) + self.min_interval - time.monotonic()
+        if wait > 0:
+            return True
+        try:
+            self.slack.update_message(deployment.channel, deployment.message_ts, text, blocks)
+        except Exception as error:
+            logger.warning("Updating the message of deployment %s failed: %s", deployment_id, error)
+            self._drawn_at[deployment_id] = time.monotonic()
+            return True
+        self._drawn[deployment_id] = digest
+        self._drawn_at[deployment_id] = time.monotonic()
+        return False
+
+    def _post_checklist(self, deployment: Deployment, text, blocks, digest: str) -> bool:
+        with self.db.session() as session:
+            if not repository.claim_message_post(session, deployment.id, self.owner):
+                return False  # another process posts it; its ts reaches us through the database
+        try:
+            ts = self.slack.post_message(deployment.channel, text, blocks)
+        except Exception as error:
+            logger.error(
+                "Posting the checklist of deployment %s to %s failed: %s",
+                deployment.id,
+                deployment.channel,
+                error,
+            )
+            with self.db.session() as session:
+                row = repository.get_deployment(session, deployment.id)
+                row.message_claimed_by = None  # let the next pass try again
+            self._drawn_at[deployment.id] = time.monotonic()
+            return True
+        with self.db.session() as session:
+            row = repository.get_deployment(session, deployment.id)
+            row.message_ts = ts
+        logger.info(
+            "Deployment %s: checklist posted to %s at %s", deployment.id, deployment.channel, ts
+        )
+        self._drawn[deployment.id] = digest
+        self._drawn_at[deployment.id] = time.monotonic()
+        return False
+
+    def _send_outbox(self) -> None:
+        with self.db.session() as session:
+            messages = repository.claim_outbox(
+                session, self.owner, self.clock.now(), OUTBOX_CLAIM_SECONDS
+            )
+        for message in messages:
+            self._send(message)
+
+    def _send(self, message: OutboxMessage) -> None:
+        with self.db.session() as session:
+            deployment = repository.get_deployment(session, message.deployment_id)
+            steps = repository.steps_of(session, message.deployment_id)
+            sign_offs = repository.sign_offs_of(session, message.deployment_id)
+        try:
+            channel, text, thread_ts, broadcast = self._render(
+                message, deployment, steps, sign_offs
+            )
+            self.slack.post_message(channel, text, None, thread_ts=thread_ts, broadcast=broadcast)
+        except Exception as error:
+            logger.warning(
+                "Sending %s message %s of deployment %s failed: %s",
+                message.kind,
+                message.id,
+                message.deployment_id,
+                error,
+            )
+            with self.db.session() as session:
+                row = session.get(OutboxMessage, message.id)
+                row.attempts += 1
+                row.last_error = str(error)[:500]
+                row.claimed_by = None
+                row.claimed_until = None
+                if row.attempts >= MAX_SEND_ATTEMPTS:
+                    logger.error("Giving up on message %s after %d attempts", row.id, row.attempts)
+                    row.sent_at = self.clock.now()
+            return
+        with self.db.session() as session:
+            row = session.get(OutboxMessage, message.id)
+            row.sent_at = self.clock.now()
+
+    def _render(self, message: OutboxMessage, deployment: Deployment, steps, sign_offs):
+        by_id = {step.step_id: step for step in steps}
+        thread = deployment.message_ts
+        if message.kind == "notify":
+            return message.channel, message.text, None, False
+        if message.kind == "step_output":
+            return (
+                deployment.channel,
+                views.step_output_message(by_id[message.step_id]),
+                thread,
+                False,
+            )
+        if message.kind == "alert":
+            text = views.alert_message(deployment, steps, message.step_id)
+            return deployment.channel, text, thread, True
+        if message.kind == "decision":
+            sign_off = next(s for s in sign_offs if s.step_id == message.step_id)
+            text = views.decision_message(sign_off, by_id[message.step_id])
+            return deployment.channel, text, thread, False
+        if message.kind == "log":
+            text = views.log_message(self.config, deployment, steps, sign_offs)
+            return deployment.channel, text, thread, False
+        raise ValueError(f"unknown outbox message kind {message.kind!r}")

@@ -1,0 +1,91 @@
+"""Settings from the process environment, and the objects one gonogo process runs on."""
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.notifier import Notifier, SlackPort
+from bot.scheduler import Worker
+from commands.context import Directory, Services
+from engine.config import Config, load_config
+from engine.runner import Runner
+from storage.db import Database, default_url
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    bot_token: str | None
+    signing_secret: str | None
+    app_token: str | None
+    api_url: str
+    database_url: str
+    port: int
+    runbook_file: Path
+    environments_file: Path
+    home: Path
+    update_interval: float
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | None = None) -> "Settings":
+        environ = dict(os.environ if environ is None else environ)
+        home = Path(environ.get("GONOGO_HOME") or ".gonogo").resolve()
+        return cls(
+            bot_token=environ.get("SLACK_BOT_TOKEN") or None,
+            signing_secret=environ.get("SLACK_SIGNING_SECRET") or None,
+            app_token=environ.get("SLACK_APP_TOKEN") or None,
+            api_url=environ.get("SLACK_API_URL") or "https://slack.com/api/",
+            database_url=environ.get("DATABASE_URL") or default_url(home),
+            port=int(environ.get("PORT") or 3000),
+            runbook_file=Path(
+                environ.get("GONOGO_RUNBOOK") or PROJECT_DIR / "runbooks" / "vvb-v11.yml"
+            ),
+            environments_file=Path(
+                environ.get("GONOGO_ENVIRONMENTS") or PROJECT_DIR / "config" / "environments.yml"
+            ),
+            home=home,
+            update_interval=float(environ.get("GONOGO_UPDATE_INTERVAL") or 1.2),
+        )
+
+    def load_config(self) -> Config:
+        return load_config(self.runbook_file, self.environments_file)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    services: Services
+    notifier: Notifier
+    worker: Worker
+
+    def start(self) -> None:
+        self.notifier.start()
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.notifier.stop()
+        self.services.db.dispose()
+
+
+def process_owner() -> str:
+    """Return a name for this process, unique across hosts and restarts, for leases and claims."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def build_runtime(settings: Settings, slack: SlackPort, directory: Directory) -> Runtime:
+    config = settings.load_config()
+    db = Database(settings.database_url)
+    db.create_tables()
+    owner = process_owner()
+    notifier = Notifier(db, config, slack, owner=owner, min_interval=settings.update_interval)
+    runner = Runner(db, config, owner=owner, observer=notifier)
+    worker = Worker(runner, db)
+    services = Services(config=config, db=db, worker=worker, directory=directory, observer=notifier)
+    return Runtime(settings=settings, services=services, notifier=notifier, worker=worker)

@@ -1,0 +1,305 @@
+"""Block Kit views drawn from the stored state of a deployment.
+
+Slack limits (50 blocks a message, 3,000 characters a section, 150 a header, 75 a button
+label) are kept here: finished phases collapse to one line and long text is cut with a note.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from commands import decisions
+from commands.deploy_log import render_log
+from engine.config import Config
+from engine.runner import deployment_variables
+from engine.templates import MissingValue, render
+from storage.models import Deployment, DeploymentStatus, SignOff, StepRun, StepStatus
+
+SECTION_LIMIT = 3000
+HEADER_LIMIT = 150
+MESSAGE_TEXT_LIMIT = 3900  # Slack advises at most 4,000 characters of message text
+
+STEP_MARKS = {
+    StepStatus.PENDING: (":white_circle:", "not started"),
+    StepStatus.RUNNING: (":hourglass_flowing_sand:", "running"),
+    StepStatus.WAITING: (":raised_hand:", "waiting"),
+    StepStatus.PASSED: (":white_check_mark:", "done"),
+    StepStatus.FAILED: (":x:", "failed"),
+    StepStatus.SKIPPED: (":fast_forward:", "skipped"),
+    StepStatus.NOT_RUN: (":heavy_minus_sign:", "not run"),
+}
+DEPLOYMENT_WORDS = {
+    DeploymentStatus.PENDING: "Queued",
+    DeploymentStatus.RUNNING: "Running",
+    DeploymentStatus.WAITING: "Waiting",
+    DeploymentStatus.SUCCEEDED: "Deployed",
+    DeploymentStatus.FAILED: "Failed",
+    DeploymentStatus.REJECTED: "Rejected",
+}
+
+
+def checklist_message(
+    config: Config, deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]
+) -> tuple[str, list[dict[str, Any]]]:
+    """Return the summary text and blocks of a deployment's checklist message."""
+    waiting = next((step for step in steps if step.status == StepStatus.WAITING), None)
+    state = _state_word(deployment, waiting)
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": _cut(
+                    f"{deployment.version} → {deployment.environment}: {state}", HEADER_LIMIT
+                ),
+            },
+        },
+        _context(
+            f"Deployment #{deployment.id} · requested by <@{deployment.requested_by}> · "
+            f"{_date_token(deployment.created_at)} · runbook `{deployment.runbook}`"
+        ),
+    ]
+    phases = _phases(steps)
+    for phase_steps in phases:
+        blocks.append(_section(_phase_text(phase_steps)))
+    if waiting is not None:
+        blocks += _waiting_blocks(config, deployment, waiting)
+    if deployment.error and deployment.status.finished:
+        blocks.append(_section(f":rotating_light: *Halted:* {deployment.error}"))
+    blocks.append(_context(_footer(deployment, steps, phases, sign_offs)))
+    return summary_text(deployment, steps, waiting), blocks
+
+
+def summary_text(deployment: Deployment, steps: list[StepRun], waiting: StepRun | None) -> str:
+    done = sum(1 for step in steps if step.status.finished)
+    progress = f"({done}/{len(steps)})"
+    head = f"{deployment.version} → {deployment.environment}"
+    if deployment.status == DeploymentStatus.FAILED:
+        failed = next((s for s in steps if s.status == StepStatus.FAILED), None)
+        where = f" at {failed.phase_title}: {failed.title}" if failed else ""
+        return f"{head}: failed{where} {progress}"
+    if waiting is not None:
+        return f"{head}: waiting for {waiting.title} {progress}"
+    if deployment.status.finished:
+        return f"{head}: {DEPLOYMENT_WORDS[deployment.status].lower()} {progress}"
+    running = next((s for s in steps if s.status == StepStatus.RUNNING), None)
+    if running is not None:
+        return f"{head}: running {running.phase_title}: {running.title} {progress}"
+    return f"{head}: {DEPLOYMENT_WORDS[deployment.status].lower()} {progress}"
+
+
+def step_output_message(step: StepRun) -> str:
+    mark, word = STEP_MARKS[step.status]
+    facts = [f"{mark} *{step.title}* {word}"]
+    duration = _duration(step.started_at, step.finished_at)
+    if duration:
+        facts.append(f"in {duration}")
+    if step.exit_code is not None:
+        facts.append(f"(exit code {step.exit_code})")
+    if step.hosts:
+        facts.append(f"on {step.hosts}")
+    text = " ".join(facts)
+    if step.error:
+        text += f"\n{step.error}"
+    output = (step.output_tail or "").strip()
+    if output:
+        room = MESSAGE_TEXT_LIMIT - len(text) - 20
+        if len(output) > room:
+            output = "…" + output[-room:]
+        text += f"\n```{output}```"
+    return text
+
+
+def alert_message(deployment: Deployment, steps: list[StepRun], failed_step_id: str | None) -> str:
+    failed = next((s for s in steps if s.step_id == failed_step_id), None)
+    not_run = sum(1 for step in steps if step.status == StepStatus.NOT_RUN)
+    where = f"*{failed.phase_title}: {failed.title}*" if failed else "a step"
+    reason = failed.error if failed and failed.error else deployment.error
+    return _cut(
+        f":rotating_light: <@{deployment.requested_by}> Deployment #{deployment.id} of "
+        f"`{deployment.version}` to `{deployment.environment}` halted at {where}: {reason}. "
+        f"{not_run} later step(s) were not run.",
+        MESSAGE_TEXT_LIMIT,
+    )
+
+
+def decision_message(sign_off: SignOff, step: StepRun) -> str:
+    marks = {
+        "approved": ":white_check_mark:",
+        "rejected": ":no_entry:",
+        "done": ":ballot_box_with_check:",
+    }
+    return (
+        f"{marks.get(sign_off.decision, ':grey_question:')} <@{sign_off.user_id}> "
+        f"{_decision_verb(sign_off.decision)} *{step.title}* at {_date_token(sign_off.decided_at)}"
+    )
+
+
+def log_message(
+    config: Config, deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]
+) -> str:
+    log = render_log(config, deployment, steps, sign_offs)
+    head = f"Deployment log of #{deployment.id}:"
+    room = MESSAGE_TEXT_LIMIT - len(head) - 10
+    if len(log) > room:
+        log = log[: room - 40] + "\n… (cut; /deploy-log shows all of it)"
+    return f"{head}\n```{log}```"
+
+
+# --- pieces ----------------------------------------------------------------------------------
+
+
+def _state_word(deployment: Deployment, waiting: StepRun | None) -> str:
+    if waiting is not None:
+        return "Waiting for approval" if waiting.kind == "gate" else "Waiting for a check"
+    return DEPLOYMENT_WORDS[deployment.status]
+
+
+def _phases(steps: list[StepRun]) -> list[list[StepRun]]:
+    phases: list[list[StepRun]] = []
+    for step in steps:
+        if phases and phases[-1][0].phase_id == step.phase_id:
+            phases[-1].append(step)
+        else:
+            phases.append([step])
+    return phases
+
+
+def _phase_text(steps: list[StepRun]) -> str:
+    title = steps[0].phase_title
+    statuses = {step.status for step in steps}
+    if all(status == StepStatus.PENDING for status in statuses):
+        return f":white_circle: *{title}* · not started · {len(steps)} steps"
+    if statuses <= {StepStatus.NOT_RUN}:
+        return f":heavy_minus_sign: *{title}* · not run"
+    if all(status.finished for status in statuses) and StepStatus.FAILED not in statuses:
+        done = sum(1 for step in steps if step.status == StepStatus.PASSED)
+        skipped = sum(1 for step in steps if step.status == StepStatus.SKIPPED)
+        duration = _duration(steps[0].started_at, max_finished(steps))
+        extra = f", {skipped} skipped" if skipped else ""
+        return f":white_check_mark: *{title}* · {done}/{len(steps)} done{extra} · {duration}"
+    lines = [f"*{title}*"]
+    for step in steps:
+        if step.status == StepStatus.NOT_RUN:
+            break  # nothing past the failed step
+        mark, word = STEP_MARKS[step.status]
+        line = f"{mark} {word} · {step.title}"
+        duration = _duration(step.started_at, step.finished_at)
+        if duration:
+            line += f" · {duration}"
+        if step.manual_reason and step.status in (StepStatus.WAITING, StepStatus.PENDING):
+            line += f"\n      _{step.manual_reason}_"
+        lines.append(line)
+    return _cut("\n".join(lines), SECTION_LIMIT)
+
+
+def _waiting_blocks(config: Config, deployment: Deployment, step: StepRun) -> list[dict]:
+    definition = config.runbook.step(step.step_id)
+    value = decisions.button_value(deployment.id, step.step_id)
+    if step.kind == "gate":
+        prompt = _render_prompt(definition.gate.prompt, config, deployment)
+        text = (
+            f":raised_hand: *{step.title}*\n{prompt}\nAn approver other than the requester decides."
+        )
+        buttons = [
+            _button("Approve", decisions.APPROVE, value, "primary", "Approve the rollout?"),
+            _button(
+                "Reject", decisions.REJECT, value, "danger", "Reject and halt this deployment?"
+            ),
+        ]
+    else:
+        items = definition.manual.items if definition.manual else []
+        if step.manual_reason:
+            items = [f"{definition.title} ({step.manual_reason})"]
+        text = f":raised_hand: *{step.title}*: tick when every item holds\n" + "\n".join(
+            f"• {item}" for item in items
+        )
+        buttons = [_button("Mark done", decisions.DONE, value, "primary", None)]
+    return [
+        _section(_cut(text, SECTION_LIMIT)),
+        {"type": "actions", "block_id": f"decide-{step.step_id}"[:255], "elements": buttons},
+    ]
+
+
+def _render_prompt(prompt: str, config: Config, deployment: Deployment) -> str:
+    environment = config.environments[deployment.environment]
+    values = deployment_variables(deployment, environment)
+    values = {key: value for key, value in values.items() if not key.startswith("secrets.")}
+    while True:
+        try:
+            return render(prompt, values)
+        except MissingValue as missing:  # a value an earlier step did not capture
+            values[missing.name] = "unknown"
+
+
+def _button(label: str, action_id: str, value: str, style: str | None, confirm: str | None):
+    button: dict[str, Any] = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": label},
+        "action_id": action_id,
+        "value": value,
+    }
+    if style:
+        button["style"] = style
+    if confirm:
+        button["confirm"] = {
+            "title": {"type": "plain_text", "text": label},
+            "text": {"type": "mrkdwn", "text": confirm},
+            "confirm": {"type": "plain_text", "text": label},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        }
+    return button
+
+
+def _footer(deployment: Deployment, steps, phases, sign_offs: list[SignOff]) -> str:
+    done = sum(1 for step in steps if step.status.finished)
+    current = next(
+        (
+            index
+            for index, phase in enumerate(phases, 1)
+            if not all(s.status.finished for s in phase)
+        ),
+        len(phases),
+    )
+    parts = [f"Phase {current} of {len(phases)}", f"{done} of {len(steps)} steps"]
+    elapsed = _duration(deployment.started_at, deployment.finished_at or max_finished(steps))
+    if elapsed:
+        parts.append(f"{elapsed} elapsed")
+    approvals = [s for s in sign_offs if s.decision in ("approved", "rejected")]
+    for sign_off in approvals:
+        parts.append(f"{sign_off.decision} by <@{sign_off.user_id}>")
+    return " · ".join(parts)
+
+
+def max_finished(steps: list[StepRun]) -> datetime | None:
+    times = [step.finished_at for step in steps if step.finished_at]
+    return max(times) if times else None
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _cut(text, SECTION_LIMIT)}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(text, SECTION_LIMIT)}]}
+
+
+def _date_token(moment: datetime) -> str:
+    epoch = int((moment - datetime(1970, 1, 1)).total_seconds())
+    return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{moment:%Y-%m-%d %H:%M} UTC>"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    seconds = (end - start).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def _decision_verb(decision: str) -> str:
+    return {"done": "ticked"}.get(decision, decision)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,142 @@
+"""Buttons on a waiting step: Approve and Reject on a gate, Done on a manual check.
+
+Every press is checked against the roles of the deployment's environment and stored with who
+and when. The first stored decision wins; a later or double press changes nothing.
+"""
+
+import logging
+
+from commands import messages
+from commands.context import Reply, Request, Services
+from commands.roles import has_role
+from storage import repository
+from storage.models import OutboxMessage, SignOff, StepRun, StepStatus
+
+logger = logging.getLogger(__name__)
+
+APPROVE = "gate.approve"
+REJECT = "gate.reject"
+DONE = "check.done"
+DECISIONS = {APPROVE: "approved", REJECT: "rejected", DONE: "done"}
+
+
+def button_value(deployment_id: int, step_id: str) -> str:
+    return f"{deployment_id}:{step_id}"
+
+
+def handle(services: Services, request: Request) -> Reply:
+    decision = DECISIONS.get(request.action_id)
+    deployment_id, _, step_id = request.text.partition(":")
+    if decision is None or not deployment_id.isdigit() or not step_id:
+        return Reply(messages.stale_button())
+    with services.db.session() as session:
+        deployment = repository.get_deployment(session, int(deployment_id))
+        step = _step(session, int(deployment_id), step_id) if deployment else None
+    if deployment is None or step is None:
+        return Reply(messages.stale_button())
+    environment = services.config.environments[deployment.environment]
+
+    refusal = _refusal(services, request, deployment, step, environment)
+    if refusal is None and step.status != StepStatus.WAITING:
+        refusal = _status_refusal(services, deployment.id, step)
+    if refusal is not None:
+        _audit(services, request, deployment.id, step, decision, accepted=False)
+        return Reply(refusal)
+
+    now = services.clock.now()
+    try:
+        with services.db.session() as session:
+            repository.record_sign_off(
+                session,
+                SignOff(
+                    deployment_id=deployment.id,
+                    step_id=step.step_id,
+                    decision=decision,
+                    user_id=request.user_id,
+                    decided_at=now,
+                ),
+            )
+            repository.audit(
+                session,
+                now=now,
+                actor=request.user_id,
+                action="button",
+                deployment_id=deployment.id,
+                step=step.step_id,
+                decision=decision,
+            )
+            repository.enqueue(
+                session,
+                OutboxMessage(
+                    deployment_id=deployment.id,
+                    kind="decision",
+                    step_id=step.step_id,
+                    created_at=now,
+                ),
+            )
+            repository.wake(session, deployment.id)
+    except repository.AlreadyDecided as decided:
+        _audit(services, request, deployment.id, step, decision, accepted=False)
+        return Reply(messages.already_decided(decided.sign_off, step.title))
+    logger.info(
+        "Deployment %s: step %s %s by %s", deployment.id, step.step_id, decision, request.user_id
+    )
+    services.worker.submit(deployment.id)
+    services.observer.deployment_changed(deployment.id)
+    return Reply(messages.decision_recorded(decision, step.title))
+
+
+def _refusal(services: Services, request: Request, deployment, step: StepRun, environment):
+    if step.kind == "gate":
+        if not has_role(services.directory, environment, "approvers", request.user_id):
+            return messages.role_needed("approver", environment.name, f"decide *{step.title}*")
+        gate = _gate_spec(services, step.step_id)
+        if request.user_id == deployment.requested_by and not gate.allow_self:
+            return messages.self_approval(step.title)
+        return None
+    role = _manual_role(services, step.step_id)
+    allowed = has_role(services.directory, environment, role, request.user_id)
+    if role == "deployers":  # approvers may tick what deployers may
+        allowed = allowed or has_role(services.directory, environment, "approvers", request.user_id)
+    if not allowed:
+        return messages.role_needed(
+            role.removesuffix("s"), environment.name, f"tick *{step.title}*"
+        )
+    return None
+
+
+def _status_refusal(services: Services, deployment_id: int, step: StepRun) -> str:
+    with services.db.session() as session:
+        for sign_off in repository.sign_offs_of(session, deployment_id):
+            if sign_off.step_id == step.step_id:
+                return messages.already_decided(sign_off, step.title)
+    return messages.not_waiting(step.title, step.status.value)
+
+
+def _audit(services, request, deployment_id, step, decision, *, accepted: bool) -> None:
+    with services.db.session() as session:
+        repository.audit(
+            session,
+            now=services.clock.now(),
+            actor=request.user_id,
+            action="button" if accepted else "button.refused",
+            deployment_id=deployment_id,
+            step=step.step_id,
+            decision=decision,
+        )
+
+
+def _step(session, deployment_id: int, step_id: str) -> StepRun | None:
+    for row in repository.steps_of(session, deployment_id):
+        if row.step_id == step_id:
+            return row
+    return None
+
+
+def _gate_spec(services: Services, step_id: str):
+    return services.config.runbook.step(step_id).gate
+
+
+def _manual_role(services: Services, step_id: str) -> str:
+    step = services.config.runbook.step(step_id)
+    return step.manual.role if step.manual else "deployers"

@@ -1,0 +1,83 @@
+"""``/deploy <version> <environment>``: check the request, record it and hand it to a worker."""
+
+import logging
+import re
+
+from commands import messages
+from commands.context import Reply, Request, Services
+from commands.roles import has_role
+from engine.runner import backup_location, plan_steps
+from storage import repository
+from storage.models import Deployment
+
+logger = logging.getLogger(__name__)
+
+
+def handle(services: Services, request: Request) -> Reply:
+    config = services.config
+    words = request.text.split()
+    if len(words) != 2:
+        return Reply(messages.deploy_usage(request.text))
+    version, environment_name = words
+    environment = config.environments.get(environment_name)
+    if environment is None:
+        return Reply(messages.unknown_environment(environment_name, config))
+    if not re.fullmatch(config.runbook.version_pattern, version):
+        return Reply(messages.invalid_version(version, config.runbook.version_pattern))
+    if not has_role(services.directory, environment, "deployers", request.user_id):
+        _audit_refusal(services, request, "deployers")
+        return Reply(messages.role_needed("deployer", environment_name, "deploy"))
+
+    now = services.clock.now()
+    deployment = Deployment(
+        runbook=config.runbook.name,
+        environment=environment_name,
+        version=version,
+        requested_by=request.user_id,
+        request_channel=request.channel_id,
+        channel=environment.channel,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with services.db.session() as session:
+            repository.create_deployment(
+                session, deployment, plan_steps(config.runbook, environment), now
+            )
+            backup_dir = backup_location(environment, deployment.id, now)
+            deployment.variables = {"backup_dir": backup_dir} if backup_dir else {}
+            repository.audit(
+                session,
+                now=now,
+                actor=request.user_id,
+                action="command",
+                deployment_id=deployment.id,
+                command="/deploy",
+                text=request.text,
+            )
+    except repository.EnvironmentBusy as busy:
+        _audit_refusal(services, request, "environment busy")
+        return Reply(messages.environment_busy(busy.active))
+    logger.info(
+        "Deployment %s of %s to %s requested by %s",
+        deployment.id,
+        version,
+        environment_name,
+        request.user_id,
+    )
+    services.worker.submit(deployment.id)
+    services.observer.deployment_changed(deployment.id)
+    return Reply(messages.deployment_started(deployment))
+
+
+def _audit_refusal(services: Services, request: Request, reason: str) -> None:
+    with services.db.session() as session:
+        repository.audit(
+            session,
+            now=services.clock.now(),
+            actor=request.user_id,
+            action="command.refused",
+            command=request.command or "/deploy",
+            text=request.text,
+            reason=reason,
+        )

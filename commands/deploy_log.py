@@ -1,0 +1,139 @@
+"""The deployment log, filled in from the stored deployment in the layout release teams use."""
+
+from datetime import datetime
+
+from engine.config import Config
+from storage.models import Deployment, SignOff, StepRun, StepStatus
+
+RESULT_WORDS = {
+    StepStatus.PASSED: "PASS",
+    StepStatus.FAILED: "FAIL",
+    StepStatus.SKIPPED: "SKIPPED",
+    StepStatus.NOT_RUN: "NOT RUN",
+    StepStatus.WAITING: "WAITING",
+    StepStatus.RUNNING: "RUNNING",
+    StepStatus.PENDING: "NOT RUN",
+}
+
+
+def render_log(
+    config: Config, deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]
+) -> str:
+    fields = config.runbook.deployment_log
+    environment = config.environments[deployment.environment]
+    by_id = {step.step_id: step for step in steps}
+    variables = deployment.variables or {}
+    targets = environment.hosts.get(fields.target_role or "", [])
+    gate_decisions = [
+        s for s in sign_offs if by_id.get(s.step_id) and by_id[s.step_id].kind == "gate"
+    ]
+
+    lines = [
+        f"DEPLOYMENT LOG - {deployment.version}",
+        f"Date: {_time(deployment.created_at, date=True)}",
+        f"Deployed By: {deployment.requested_by}",
+        f"Environment: {deployment.environment}",
+        f"Target Host: {', '.join(targets) or '-'}",
+        f"Deployment: #{deployment.id}, runbook {deployment.runbook}, "
+        f"status {deployment.status.value.upper()}",
+        "",
+        "PRE-DEPLOYMENT:",
+        f"- Backups created: {variables.get('backup_location') or 'none recorded'}",
+        f"- Previous version: {variables.get('previous_version') or 'unknown'}",
+        f"- Health checks: {_overall([by_id.get(i) for i in fields.health_checks])}",
+        "",
+        "DEPLOYMENT EXECUTION:",
+        f"- Start time: {_time(deployment.started_at)}",
+        f"- Docker pull: {_success(by_id.get(fields.docker_pull or ''))}",
+        f"- Services up: {_finished_time(by_id.get(fields.services_up or ''))}",
+        f"- Health verified: {_finished_time(by_id.get(fields.health_verified or ''))}",
+        f"- End time: {_time(deployment.finished_at)}",
+        f"- Duration: {_minutes(deployment.started_at, deployment.finished_at)}",
+        "",
+        "VALIDATION:",
+    ]
+    for label, step_id in fields.validation.items():
+        lines.append(f"- {label}: {_result(by_id.get(step_id))}")
+    lines += ["", "ISSUES ENCOUNTERED:"]
+    issues = _issues(deployment, steps)
+    lines += [f"- {issue}" for issue in issues] or ["- None"]
+    lines += ["", "STEPS:"]
+    for step in steps:
+        duration = _seconds(step.started_at, step.finished_at)
+        lines.append(f"- [{RESULT_WORDS[step.status]}] {step.phase_title} / {step.title}{duration}")
+    lines += ["", "SIGN-OFF:"]
+    for sign_off in sign_offs:
+        step = by_id.get(sign_off.step_id)
+        title = step.title if step else sign_off.step_id
+        lines.append(
+            f"- {title}: {sign_off.decision} by {sign_off.user_id} at {_time(sign_off.decided_at)}"
+        )
+    authorized = next((s for s in gate_decisions if s.decision == "approved"), None)
+    lines += [
+        f"- Deployed by: {deployment.requested_by}",
+        "- Validated by: not signed in gonogo",
+        f"- Authorized by: {authorized.user_id if authorized else 'not authorized'}",
+    ]
+    return "\n".join(lines)
+
+
+def _issues(deployment: Deployment, steps: list[StepRun]) -> list[str]:
+    issues = []
+    for step in steps:
+        if step.status == StepStatus.FAILED:
+            issues.append(f"{step.title} failed: {step.error}")
+        elif step.manual_reason and step.status == StepStatus.PASSED:
+            issues.append(f"{step.title} was checked by hand: {step.manual_reason}")
+    not_run = sum(1 for step in steps if step.status == StepStatus.NOT_RUN)
+    if not_run:
+        issues.append(f"{not_run} step(s) not run after the halt")
+    return issues
+
+
+def _result(step: StepRun | None) -> str:
+    if step is None:
+        return "-"
+    if step.manual_reason and step.status == StepStatus.PASSED:
+        return "PASS (checked by hand)"
+    return RESULT_WORDS[step.status]
+
+
+def _overall(steps: list[StepRun | None]) -> str:
+    known = [step for step in steps if step is not None]
+    if not known:
+        return "-"
+    if any(step.status == StepStatus.FAILED for step in known):
+        return "FAILED"
+    if all(step.status == StepStatus.PASSED for step in known):
+        return "PASSED"
+    return "INCOMPLETE"
+
+
+def _success(step: StepRun | None) -> str:
+    if step is None:
+        return "-"
+    return {StepStatus.PASSED: "SUCCESS", StepStatus.FAILED: "FAILED"}.get(step.status, "NOT RUN")
+
+
+def _finished_time(step: StepRun | None) -> str:
+    if step is None or step.status != StepStatus.PASSED:
+        return "-"
+    return _time(step.finished_at)
+
+
+def _time(moment: datetime | None, *, date: bool = False) -> str:
+    if moment is None:
+        return "-"
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if date else f"{moment:%H:%M:%S} UTC"
+
+
+def _minutes(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{(end - start).total_seconds() / 60:.1f} minutes"
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    return f" ({(end - start).total_seconds():.1f} s)"

@@ -1,0 +1,81 @@
+"""Every text gonogo sends back to a person, each worded to name the value and what to do.
+
+Texts use Slack's mrkdwn: ``<@U123>`` mentions a user and ``<#C123>`` links a channel.
+"""
+
+from engine.config import Config
+from storage.models import Deployment, SignOff
+
+DEPLOY_USAGE = "Usage: `/deploy <version> <environment>`, for example `/deploy v11.0.0 staging`."
+
+
+def deployment_link(deployment: Deployment) -> str:
+    label = f"deployment #{deployment.id}"
+    if deployment.message_ts:
+        timestamp = deployment.message_ts.replace(".", "")
+        return f"<https://slack.com/archives/{deployment.channel}/p{timestamp}|{label}>"
+    return f"{label} in <#{deployment.channel}>"
+
+
+def deploy_usage(text: str) -> str:
+    shown = f" `{text}`" if text.strip() else " nothing"
+    return f"`/deploy` needs a version and an environment; got{shown}. {DEPLOY_USAGE}"
+
+
+def unknown_environment(name: str, config: Config) -> str:
+    choices = ", ".join(f"`{env}`" for env in sorted(config.environments))
+    return f"Environment `{name}` is not defined. Choose one of: {choices}."
+
+
+def invalid_version(version: str, pattern: str) -> str:
+    return (
+        f"Version `{version}` does not match the runbook's version pattern `{pattern}`. "
+        "Use a release tag such as `v11.0.0`."
+    )
+
+
+def role_needed(role: str, environment: str, action: str) -> str:
+    return f"You need the {role} role in `{environment}` to {action}. Ask a release manager."
+
+
+def environment_busy(active: Deployment) -> str:
+    return (
+        f"`{active.environment}` already has an active deployment: {deployment_link(active)} "
+        f"of `{active.version}`, started by <@{active.requested_by}>. "
+        "Wait for it to finish before starting another."
+    )
+
+
+def deployment_started(deployment: Deployment) -> str:
+    return (
+        f"Started deployment #{deployment.id}: `{deployment.version}` to "
+        f"`{deployment.environment}`. The checklist is in <#{deployment.channel}>."
+    )
+
+
+def stale_button() -> str:
+    return (
+        "This button belongs to a step that no longer exists. Use the checklist's latest buttons."
+    )
+
+
+def not_waiting(step_title: str, status: str) -> str:
+    return f"*{step_title}* is not waiting for a decision; it is {status.replace('_', ' ')}."
+
+
+def already_decided(sign_off: SignOff, step_title: str) -> str:
+    return (
+        f"*{step_title}* was already {sign_off.decision} by <@{sign_off.user_id}> "
+        f"at {sign_off.decided_at:%Y-%m-%d %H:%M} UTC; your press changed nothing."
+    )
+
+
+def self_approval(step_title: str) -> str:
+    return (
+        f"You requested this deployment, so you cannot approve *{step_title}*. "
+        "Another approver has to decide."
+    )
+
+
+def decision_recorded(decision: str, step_title: str) -> str:
+    return f"Recorded: *{step_title}* {decision}."
