@@ -284,7 +284,7 @@ def _context(text: str) -> dict[str, Any]:
 
 
 def _date_token(moment: datetime) -> str:
-    epoch = int((moment - datetime(1970, 1, 1)).total_seconds())
+    epoch = int(moment.timestamp())
     return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{moment:%Y-%m-%d %H:%M} UTC>"
 
 

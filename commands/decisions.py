@@ -75,6 +75,7 @@ def handle(services: Services, request: Request) -> Reply:
                 ),
             )
             repository.wake(session, deployment.id)
+            repository.mark_resuming(session, deployment.id, now)
     except repository.AlreadyDecided as decided:
         _audit(services, request, deployment.id, step, decision, accepted=False)
         return Reply(messages.already_decided(decided.sign_off, step.title))

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 class Clock:
     def now(self) -> datetime:
-        """Return the current time as a naive datetime in UTC, as the database stores it."""
-        return datetime.now(UTC).replace(tzinfo=None)
+        """Return the current time in UTC."""
+        return datetime.now(UTC)
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)

@@ -1,6 +1,6 @@
 """Tables that hold every deployment's state; Slack messages are drawn from these alone.
 
-Times are naive datetimes in UTC, because SQLite drops the zone of an aware one.
+Times are aware datetimes in UTC.
 """
 
 from datetime import datetime

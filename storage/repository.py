@@ -165,6 +165,18 @@ def wake(session: Session, deployment_id: int) -> None:
     )
 
 
+def mark_resuming(session: Session, deployment_id: int, now: datetime) -> None:
+    """Show a waiting deployment as running again once its decision is stored."""
+    session.execute(
+        update(Deployment)
+        .where(
+            col(Deployment.id) == deployment_id,
+            col(Deployment.status) == DeploymentStatus.WAITING,
+        )
+        .values(status=DeploymentStatus.RUNNING, updated_at=now)
+    )
+
+
 # --- sign-offs and audit ---------------------------------------------------------------------
 
 
