@@ -16,7 +16,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from engine.yamlfile import ConfigError, ConfigProblem, Location, YamlDocument, dotted, load_yaml
 
@@ -172,8 +181,20 @@ class DeploymentLogFields(Strict):
     validation: dict[StrictStr, StrictStr] = {}
 
     def step_ids(self) -> list[str]:
-        named = [self.docker_pull, self.services_up, self.health_verified]
-        return [*self.health_checks, *(n for n in named if n), *self.validation.values()]
+        return [step_id for _, step_id in self.step_references()]
+
+    def step_references(self) -> list[tuple[Location, str]]:
+        """Return (key below deployment_log, step id) for every step this section names."""
+        references: list[tuple[Location, str]] = [
+            (("health_checks", index), step_id) for index, step_id in enumerate(self.health_checks)
+        ]
+        for name in ("docker_pull", "services_up", "health_verified"):
+            if getattr(self, name):
+                references.append(((name,), getattr(self, name)))
+        references += [
+            (("validation", label), step_id) for label, step_id in self.validation.items()
+        ]
+        return references
 
 
 class Runbook(Strict):
@@ -190,20 +211,32 @@ class Runbook(Strict):
     final_checklist: list[StrictStr] = []
     deployment_log: DeploymentLogFields = DeploymentLogFields()
 
-    @model_validator(mode="after")
-    def _valid_pattern_and_unique_ids(self) -> Runbook:
+    @field_validator("version_pattern")
+    @classmethod
+    def _valid_pattern(cls, pattern: str) -> str:
         try:
-            re.compile(self.version_pattern)
+            re.compile(pattern)
         except re.error as error:
-            raise ValueError(f"version_pattern is not a valid regex: {error}") from None
+            raise ValueError(f"is not a valid regex: {error}") from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Runbook:
         seen: set[str] = set()
-        for _, step in self.steps():
-            if step.id in seen:
-                raise ValueError(f"step id {step.id!r} is used twice; step ids must be unique")
-            seen.add(step.id)
-        for step_id in self.deployment_log.step_ids():
+        for phase_index, phase in enumerate(self.phases):
+            for step_index, step in enumerate(phase.steps):
+                if step.id in seen:
+                    raise _located_error(
+                        ("phases", phase_index, "steps", step_index, "id"),
+                        f"step id {step.id!r} is used twice; step ids must be unique",
+                    )
+                seen.add(step.id)
+        for location, step_id in self.deployment_log.step_references():
             if step_id not in seen:
-                raise ValueError(f"deployment_log names step {step_id!r}, which no phase has")
+                raise _located_error(
+                    ("deployment_log", *location),
+                    f"deployment_log names step {step_id!r}, which no phase has",
+                )
         return self
 
     def step(self, step_id: str) -> Step:
@@ -365,6 +398,7 @@ def _validate(model: type[BaseModel], document: YamlDocument, problems: list[Con
     except ValidationError as error:
         for detail in error.errors():
             location = _document_location(detail["loc"])
+            location += tuple(detail.get("ctx", {}).get("location", ()))
             problems.append(
                 ConfigProblem(
                     document.file,
@@ -374,6 +408,11 @@ def _validate(model: type[BaseModel], document: YamlDocument, problems: list[Con
                 )
             )
         return None
+
+
+def _located_error(location: Location, message: str) -> PydanticCustomError:
+    """Build a model validator's error that _validate reports at ``location`` inside the model."""
+    return PydanticCustomError("located", "{message}", {"message": message, "location": location})
 
 
 def _document_location(loc: tuple) -> Location:
@@ -390,7 +429,7 @@ def _describe(detail: dict) -> str:
     message = detail["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if "input" in detail and kind not in ("model_type", "dict_type", "list_type"):
+    if "input" in detail and kind not in ("model_type", "dict_type", "list_type", "located"):
         shown = repr(detail["input"])
         if len(shown) <= 60:
             message += f" (got {shown})"
