@@ -218,10 +218,10 @@ class Notifier:
             steps = repository.steps_of(session, message.deployment_id)
             sign_offs = repository.sign_offs_of(session, message.deployment_id)
         try:
-            channel, text, thread_ts, broadcast = self._render(
-                message, deployment, steps, sign_offs
-            )
-            self.slack.post_message(channel, text, None, thread_ts=thread_ts, broadcast=broadcast)
+            channel, texts, thread, broadcast = self._render(message, deployment, steps, sign_offs)
+            # NOTE: a log split over several messages is sent again whole after a failure.
+            for text in texts:
+                self.slack.post_message(channel, text, None, thread_ts=thread, broadcast=broadcast)
         except Exception as error:
             logger.warning(
                 "Sending %s message %s of deployment %s failed: %s",
@@ -245,25 +245,25 @@ class Notifier:
             row.sent_at = self.clock.now()
 
     def _render(self, message: OutboxMessage, deployment: Deployment, steps, sign_offs):
+        """Return (channel, texts, thread ts, broadcast) for an outbox row."""
         by_id = {step.step_id: step for step in steps}
         thread = deployment.message_ts
+        channel = deployment.channel
         if message.kind == "notify":
-            return message.channel, message.text, None, False
+            return message.channel, [message.text], None, False
         if message.kind == "step_output":
+            return channel, [views.step_output_message(by_id[message.step_id])], thread, False
+        if message.kind == "alert":
+            return channel, [views.alert_message(deployment, steps, message.step_id)], thread, True
+        if message.kind == "decision":
+            sign_off = next(s for s in sign_offs if s.step_id == message.step_id)
             return (
-                deployment.channel,
-                views.step_output_message(by_id[message.step_id]),
+                channel,
+                [views.decision_message(sign_off, by_id[message.step_id])],
                 thread,
                 False,
             )
-        if message.kind == "alert":
-            text = views.alert_message(deployment, steps, message.step_id)
-            return deployment.channel, text, thread, True
-        if message.kind == "decision":
-            sign_off = next(s for s in sign_offs if s.step_id == message.step_id)
-            text = views.decision_message(sign_off, by_id[message.step_id])
-            return deployment.channel, text, thread, False
         if message.kind == "log":
-            text = views.log_message(self.config, deployment, steps, sign_offs)
-            return deployment.channel, text, thread, False
+            texts = views.log_messages(self.config, deployment, steps, sign_offs)
+            return channel, texts, thread, False
         raise ValueError(f"unknown outbox message kind {message.kind!r}")

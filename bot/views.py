@@ -134,15 +134,24 @@ def decision_message(sign_off: SignOff, step: StepRun) -> str:
     )
 
 
-def log_message(
+def log_messages(
     config: Config, deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]
-) -> str:
-    log = render_log(config, deployment, steps, sign_offs)
-    head = f"Deployment log of #{deployment.id}:"
-    room = MESSAGE_TEXT_LIMIT - len(head) - 10
-    if len(log) > room:
-        log = log[: room - 40] + "\n… (cut; /deploy-log shows all of it)"
-    return f"{head}\n```{log}```"
+) -> list[str]:
+    """Return the deployment log as one message, or several when it exceeds a message."""
+    lines = render_log(config, deployment, steps, sign_offs).splitlines()
+    room = MESSAGE_TEXT_LIMIT - 80
+    chunks: list[list[str]] = [[]]
+    for line in lines:
+        line = _cut(line, room)
+        if sum(len(item) + 1 for item in chunks[-1]) + len(line) > room:
+            chunks.append([])
+        chunks[-1].append(line)
+    total = len(chunks)
+    head = f"Deployment log of #{deployment.id}"
+    return [
+        f"{head}{f' ({index} of {total})' if total > 1 else ''}:\n```" + "\n".join(chunk) + "```"
+        for index, chunk in enumerate(chunks, 1)
+    ]
 
 
 # --- pieces ----------------------------------------------------------------------------------

@@ -57,17 +57,16 @@ def render_log(
     lines += ["", "ISSUES ENCOUNTERED:"]
     issues = _issues(deployment, steps)
     lines += [f"- {issue}" for issue in issues] or ["- None"]
-    lines += ["", "STEPS:"]
-    for step in steps:
-        duration = _seconds(step.started_at, step.finished_at)
-        lines.append(f"- [{RESULT_WORDS[step.status]}] {step.phase_title} / {step.title}{duration}")
     lines += ["", "SIGN-OFF:"]
-    for sign_off in sign_offs:
-        step = by_id.get(sign_off.step_id)
-        title = step.title if step else sign_off.step_id
+    for sign_off in gate_decisions:
+        title = by_id[sign_off.step_id].title
         lines.append(
             f"- {title}: {sign_off.decision} by {sign_off.user_id} at {_time(sign_off.decided_at)}"
         )
+    ticks = [s for s in sign_offs if s.decision == "done"]
+    if ticks:
+        people = ", ".join(sorted({s.user_id for s in ticks}))
+        lines.append(f"- Manual checks ticked: {len(ticks)}, by {people}")
     authorized = next((s for s in gate_decisions if s.decision == "approved"), None)
     lines += [
         f"- Deployed by: {deployment.requested_by}",

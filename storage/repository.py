@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -98,7 +98,7 @@ def sign_offs_of(session: Session, deployment_id: int) -> list[SignOff]:
     return list(session.exec(statement.order_by(col(SignOff.decided_at))))
 
 
-def unfinished_deployments(session: Session, now: datetime) -> list[int]:
+def unfinished_deployments(session: Session, now: datetime, grace: float = 60.0) -> list[int]:
     """Return ids of unfinished deployments that no worker holds, such as after a crash.
 
     Waiting deployments are included because a decision may have been stored just before
@@ -107,7 +107,14 @@ def unfinished_deployments(session: Session, now: datetime) -> list[int]:
     unfinished = [DeploymentStatus.PENDING, DeploymentStatus.RUNNING, DeploymentStatus.WAITING]
     statement = select(Deployment.id).where(
         col(Deployment.status).in_(unfinished),
-        or_(col(Deployment.lease_until).is_(None), col(Deployment.lease_until) < now),
+        or_(
+            col(Deployment.lease_until) < now,
+            # No lease yet: give the worker that was just handed the deployment time to start.
+            and_(
+                col(Deployment.lease_owner).is_(None),
+                col(Deployment.updated_at) < now - timedelta(seconds=grace),
+            ),
+        ),
     )
     return list(session.exec(statement))
 
