@@ -1,6 +1,5 @@
 """HTTP probes: a request repeated until its expectations hold or its attempts run out."""
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +100,7 @@ def _attempt(client: httpx.Client, request: ProbeRequest) -> ProbeResult:
         return ProbeResult(True, 0, response.status_code, body, None)
     try:
         data = response.json()
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError for a body that is not UTF-8
         return failed("the reply is not JSON")
     for path, expected in request.expect_json.items():
         actual = json_path(data, path)
