@@ -100,6 +100,8 @@ def step_output_message(step: StepRun) -> str:
     text = " ".join(facts)
     if step.error:
         text += f"\n{step.error}"
+    # An error may quote a whole reply, so it gets at most half the message and the output the rest.
+    text = _cut(text, MESSAGE_TEXT_LIMIT // 2)
     output = (step.output_tail or "").strip()
     if output:
         room = MESSAGE_TEXT_LIMIT - len(text) - 20
