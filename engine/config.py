@@ -40,6 +40,7 @@ BUILTIN_VARIABLES = frozenset(
 # backup_dir is derived from the backup_root setting, so it exists only where that does.
 BACKUP_DIR, BACKUP_ROOT = "backup_dir", "backup_root"
 STEP_KINDS = ("run", "probe", "manual", "notify", "wait", "gate")
+MAX_PHASES = 40
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
@@ -201,7 +202,8 @@ class Runbook(Strict):
     name: Annotated[StrictStr, Field(pattern=SLUG)]
     title: StrictStr
     version_pattern: StrictStr = r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$"
-    phases: Annotated[list[Phase], Field(min_length=1)]
+    # The checklist message draws one block per phase and up to 6 others, within Slack's 50.
+    phases: Annotated[list[Phase], Field(min_length=1, max_length=MAX_PHASES)]
     post_deployment: list[Window] = []
     rollback: Rollback | None = None
     success_criteria: SuccessCriteria = SuccessCriteria()
