@@ -12,10 +12,10 @@ accesslog = "-"
 
 
 def on_starting(server) -> None:
-    """Check the configuration and create the tables once, before the workers fork."""
+    """Check the configuration and migrate the database once, before the workers fork."""
     from bot.runtime import Settings
     from storage.db import Database
 
     settings = Settings.from_environ()
     settings.load_config()
-    Database(settings.database_url).create_tables()
+    Database(settings.database_url).migrate()

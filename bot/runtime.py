@@ -82,7 +82,7 @@ def process_owner() -> str:
 def build_runtime(settings: Settings, slack: SlackPort, directory: Directory) -> Runtime:
     config = settings.load_config()
     db = Database(settings.database_url)
-    db.create_tables()
+    db.migrate()
     owner = process_owner()
     notifier = Notifier(db, config, slack, owner=owner, min_interval=settings.update_interval)
     runner = Runner(db, config, owner=owner, observer=notifier)

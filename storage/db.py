@@ -5,13 +5,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import event
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
 from storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+LOCK_KEY = 0x676F6E6F676F  # the advisory lock that serialises migrations on PostgreSQL
 
 
 class Database:
@@ -20,7 +25,20 @@ class Database:
         self.engine = _create_engine(self.url)
 
     def create_tables(self) -> None:
+        """Create the tables straight from the models, without migrations (for tests)."""
         SQLModel.metadata.create_all(self.engine)
+
+    def migrate(self) -> None:
+        """Apply every pending migration; several processes may call this at once."""
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Held until this transaction ends, so a second process waits, then finds
+                # the schema current. SQLite serialises writers by itself.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Enum, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -43,6 +43,16 @@ class StepStatus(StrEnum):
         return self not in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING)
 
 
+def _enum_column(enum: type[StrEnum]) -> Enum:
+    # Stored as plain text, so adding a state later needs no ALTER TYPE on PostgreSQL.
+    return Enum(
+        enum,
+        native_enum=False,
+        length=20,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
 class Deployment(SQLModel, table=True):
     __tablename__ = "deployments"
 
@@ -50,7 +60,9 @@ class Deployment(SQLModel, table=True):
     runbook: str
     environment: str = Field(index=True)
     version: str
-    status: DeploymentStatus = DeploymentStatus.PENDING
+    status: DeploymentStatus = Field(
+        default=DeploymentStatus.PENDING, sa_type=_enum_column(DeploymentStatus)
+    )
     requested_by: str
     request_channel: str
     channel: str  # channel of the checklist message
@@ -81,7 +93,7 @@ class StepRun(SQLModel, table=True):
     title: str
     kind: str  # run, probe, manual, notify, wait or gate
     manual_reason: str | None = None  # why a step of another kind is left to a person
-    status: StepStatus = StepStatus.PENDING
+    status: StepStatus = Field(default=StepStatus.PENDING, sa_type=_enum_column(StepStatus))
     hosts: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
