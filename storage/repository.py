@@ -65,6 +65,8 @@ def create_deployment(
         active = active_deployment(session, deployment.environment)
         if active is None:  # finished between the insert and the lookup; ask again
             raise
+        # Detached, so the caller's rollback leaves its loaded fields readable.
+        session.expunge(active)
         raise EnvironmentBusy(active) from None
     for step in steps:
         step.deployment_id = deployment.id
@@ -203,6 +205,7 @@ def record_sign_off(session: Session, sign_off: SignOff) -> SignOff:
                 SignOff.step_id == sign_off.step_id,
             )
         ).one()
+        session.expunge(existing)  # as in create_deployment
         raise AlreadyDecided(existing) from None
     return sign_off
 
