@@ -50,7 +50,7 @@ class Button:
     label: str
     action_id: str
     value: str
-    channel: str
+    message_ts: str
 
 
 class ConsolePort:
@@ -89,17 +89,18 @@ class ConsolePort:
                     self._print(f"\n── #{channel} (updated) ──\n" + render_blocks(blocks or []))
             else:
                 self._print(f"  … {to_plain(text)}")
-            self._collect_buttons(channel, blocks)
+            self._collect_buttons(ts, blocks)
 
     def reprint(self) -> None:
         with self._lock:
-            for channel, blocks in self.checklists.values():
+            for ts, (channel, blocks) in self.checklists.items():
                 self._print(f"\n── #{channel} ──\n" + render_blocks(blocks))
-                self._collect_buttons(channel, blocks)
+                self._collect_buttons(ts, blocks)
 
-    def _collect_buttons(self, channel: str, blocks) -> None:
+    def _collect_buttons(self, ts: str, blocks) -> None:
+        """Number the buttons of checklist message ``ts``; a redraw without them clears them."""
         found = [
-            Button(element["text"]["text"], element["action_id"], element.get("value", ""), channel)
+            Button(element["text"]["text"], element["action_id"], element.get("value", ""), ts)
             for block in blocks or []
             if block["type"] == "actions"
             for element in block["elements"]
@@ -109,7 +110,7 @@ class ConsolePort:
             self.buttons = found
             labels = "  ".join(f"[{number}] {b.label}" for number, b in enumerate(found, 1))
             self._print(f"   buttons: {labels}   (type `press N`)")
-        elif self.buttons and self.buttons[0].channel == channel:
+        elif self.buttons and self.buttons[0].message_ts == ts:
             self.buttons = []
 
     def _print(self, text: str) -> None:
@@ -200,7 +201,7 @@ class ConsoleSession:
         button = buttons[int(number) - 1]
         request = Request(
             user_id=self.user,
-            channel_id=button.channel,
+            channel_id=self.port.checklists[button.message_ts][0],
             text=button.value,
             action_id=button.action_id,
         )

@@ -1,0 +1,80 @@
+"""The console session: a whole local release typed as text, on the same handlers as Slack."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sample import site as sample_site
+from tests.support.gonogo_server import PROJECT_DIR, free_port
+from tests.support.postgres import server_url
+
+# Manual checks before the gate, then the gate, then those after it in the `local` environment.
+CHECKS_BEFORE_GATE = 7
+CHECKS_AFTER_GATE = 3
+
+
+@pytest.fixture
+def console_env(tmp_path):
+    database = f"gonogo_console_{os.getpid()}_{free_port()}"
+    env = {
+        **os.environ,
+        "GONOGO_HOME": str(tmp_path / "home"),
+        "GONOGO_SAMPLE_PORT": str(free_port()),
+        "GONOGO_LOCAL_DATABASE": database,
+        "GONOGO_SAMPLE_POSTGRES_URL": server_url().rsplit("/", 1)[0],
+        "GONOGO_UPDATE_INTERVAL": "0.1",
+    }
+    for name in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "DATABASE_URL", "GONOGO_LOCAL_TEST_TOKEN"):
+        env.pop(name, None)
+    yield env
+    site_root = tmp_path / "home" / "local-site"
+    if (site_root / "site.json").exists():
+        sample_site.teardown(site_root)
+
+
+def run_console(env, script: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bot.main"],
+        input=script,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_DIR,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+def test_console_deploys_sample(console_env):
+    script = "/deploy v11.0.0 local\nwait\n"
+    script += "press 1\nwait\n" * CHECKS_BEFORE_GATE
+    script += "press 1\nas U0APPROVER\npress 1\nwait\nas U0RELEASE\n"
+    script += "press 1\nwait\n" * CHECKS_AFTER_GATE
+    output = run_console(console_env, script)
+
+    assert "Started deployment #1" in output
+    assert "You need the approver role" in output  # the requester pressed Approve
+    assert "== v11.0.0 → local: Deployed ==" in output
+    assert "DEPLOYMENT LOG - v11.0.0" in output
+    assert "Authorized by: U0APPROVER" in output
+    site = sample_site.load(Path(console_env["GONOGO_HOME"]) / "local-site")
+    assert site.version == "v11.0.0"
+
+
+def test_console_rejects_bad_input(console_env):
+    output = run_console(
+        console_env,
+        "/deploy v11 local\n/deploy v11.0.0 moon\n/rollout now\npress 4\nas nobody\nhello\n",
+    )
+
+    assert "Version `v11` does not match" in output
+    assert "Environment `moon` is not defined" in output
+    assert "Unknown command `/rollout`" in output
+    assert "There is no button 4" in output
+    assert "`nobody` is not a Slack user ID" in output
+    assert "Unknown input `hello`" in output
+    assert "Started deployment" not in output
