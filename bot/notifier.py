@@ -179,7 +179,10 @@ class Notifier:
     def _post_checklist(self, deployment: Deployment, text, blocks, digest: str) -> bool:
         with self.db.session() as session:
             if not repository.claim_message_post(session, deployment.id, self.owner):
-                return False  # another process posts it; its ts reaches us through the database
+                # Another process posts it, perhaps drawn before this change, so this one
+                # redraws once that process has stored the ts.
+                self._drawn_at[deployment.id] = time.monotonic()
+                return True
         try:
             ts = self.slack.post_message(deployment.channel, text, blocks)
         except Exception as error:

@@ -262,12 +262,13 @@ def _button(label: str, action_id: str, value: str, style: str | None, confirm: 
 
 
 def _footer(deployment: Deployment, steps, phases, sign_offs: list[SignOff]) -> str:
-    done = sum(1 for step in steps if step.status.finished)
+    completed = (StepStatus.PASSED, StepStatus.SKIPPED)
+    done = sum(1 for step in steps if step.status in completed)
     current = next(
         (
             index
             for index, phase in enumerate(phases, 1)
-            if not all(s.status.finished for s in phase)
+            if any(step.status not in completed for step in phase)
         ),
         len(phases),
     )

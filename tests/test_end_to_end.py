@@ -301,6 +301,7 @@ def test_unhealthy_release_halts(tmp_path, target, slack):
     environments = write_environments(tmp_path / "environments.yml", site, sshd)
     runbook = fast_runbook(tmp_path / "runbook.yml")
     database_url = f"sqlite:///{tmp_path / 'gonogo.db'}"
+    slack.rate_limit("chat.update", count=2, retry_after=1)
     with start_server(tmp_path, slack, environments, database_url, runbook) as server:
         with SlackRequester(server.url + "/slack/events", SIGNING_SECRET) as requester:
             response = requester.command("/deploy", "v11.0.0 production", user_id=REQUESTER)
@@ -323,6 +324,7 @@ def test_unhealthy_release_halts(tmp_path, target, slack):
     assert f"<@{REQUESTER}>" in alert.text
     assert header(checklist(slack)) == "v11.0.0 → production: Failed"
     assert "POST /api/v11/approvals" not in site.log_file.read_text()
+    assert [call.status for call in slack.calls("chat.update")][:2] == [429, 429]
 
 
 def test_bad_requests_run_nothing(tmp_path, target, slack):
