@@ -1,8 +1,8 @@
 """Keeps Slack in step with the database: one checklist message per deployment, and the outbox.
 
 Changes are coalesced: a checklist message is redrawn at most once per ``min_interval``
-seconds and only when its rendering changed, so a whole run stays within chat.update's
-limit of about 50 calls a minute. Outbox rows (step output, alerts, notices, the log) are
+seconds and only when its rendering changed. With the default interval of 1.2 s that is at
+most 50 updates a minute per message, chat.update's documented allowance (Tier 3). Outbox rows (step output, alerts, notices, the log) are
 sent in order, each once, whichever process claims them. A 429 reply is retried after its
 Retry-After by slack_sdk's RateLimitErrorRetryHandler in the client.
 """
@@ -145,7 +145,7 @@ class Notifier:
         return max(0.05, min(waits, default=0.05))
 
     def _unposted(self) -> set[int]:
-        """Deployments whose checklist message nobody has posted (also from other processes)."""
+        """Return deployments whose checklist message no process has claimed yet."""
         with self.db.session() as session:
             return set(repository.deployments_without_message(session))
 
