@@ -2,7 +2,7 @@
 
 Each listener builds a commands.context.Request, calls a handler that only validates, checks
 roles and writes to the database, and acknowledges with the handler's reply. Slow work runs
-in the worker, so Slack gets its answer well within 3 seconds.
+in the worker, so Slack gets its acknowledgement well within 3 seconds.
 """
 
 import logging

@@ -2,9 +2,10 @@
 
 Changes are coalesced: a checklist message is redrawn at most once per ``min_interval``
 seconds and only when its rendering changed. With the default interval of 1.2 s that is at
-most 50 updates a minute per message, chat.update's documented allowance (Tier 3). Outbox rows (step output, alerts, notices, the log) are
-sent in order, each once, whichever process claims them. A 429 reply is retried after its
-Retry-After by slack_sdk's RateLimitErrorRetryHandler in the client.
+most 50 updates a minute per message, chat.update's documented allowance (Tier 3). Outbox
+rows (step output, alerts, notices, the log) are sent in order, each once, whichever process
+claims them. A 429 reply is retried after its Retry-After by slack_sdk's
+RateLimitErrorRetryHandler in the client.
 """
 
 import hashlib

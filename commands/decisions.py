@@ -36,12 +36,12 @@ def handle(services: Services, request: Request) -> Reply:
         return Reply(messages.stale_button())
     environment = services.config.environments[deployment.environment]
 
-    refusal = _refusal(services, request, deployment, step, environment)
-    if refusal is None and step.status != StepStatus.WAITING:
-        refusal = _status_refusal(services, deployment.id, step)
-    if refusal is not None:
+    rejection = _rejection(services, request, deployment, step, environment)
+    if rejection is None and step.status != StepStatus.WAITING:
+        rejection = _status_rejection(services, deployment.id, step)
+    if rejection is not None:
         _audit(services, request, deployment.id, step, decision, accepted=False)
-        return Reply(refusal)
+        return Reply(rejection)
 
     now = services.clock.now()
     try:
@@ -87,7 +87,7 @@ def handle(services: Services, request: Request) -> Reply:
     return Reply(messages.decision_recorded(decision, step.title))
 
 
-def _refusal(services: Services, request: Request, deployment, step: StepRun, environment):
+def _rejection(services: Services, request: Request, deployment, step: StepRun, environment):
     if step.kind == "gate":
         if not has_role(services.directory, environment, "approvers", request.user_id):
             return messages.role_needed("approver", environment.name, f"decide *{step.title}*")
@@ -106,7 +106,7 @@ def _refusal(services: Services, request: Request, deployment, step: StepRun, en
     return None
 
 
-def _status_refusal(services: Services, deployment_id: int, step: StepRun) -> str:
+def _status_rejection(services: Services, deployment_id: int, step: StepRun) -> str:
     with services.db.session() as session:
         for sign_off in repository.sign_offs_of(session, deployment_id):
             if sign_off.step_id == step.step_id:

@@ -25,7 +25,7 @@ def handle(services: Services, request: Request) -> Reply:
     if not re.fullmatch(config.runbook.version_pattern, version):
         return Reply(messages.invalid_version(version, config.runbook.version_pattern))
     if not has_role(services.directory, environment, "deployers", request.user_id):
-        _audit_refusal(services, request, "deployers")
+        _audit_rejection(services, request, "deployers")
         return Reply(messages.role_needed("deployer", environment_name, "deploy"))
 
     now = services.clock.now()
@@ -56,7 +56,7 @@ def handle(services: Services, request: Request) -> Reply:
                 text=request.text,
             )
     except repository.EnvironmentBusy as busy:
-        _audit_refusal(services, request, "environment busy")
+        _audit_rejection(services, request, "environment busy")
         return Reply(messages.environment_busy(busy.active))
     logger.info(
         "Deployment %s of %s to %s requested by %s",
@@ -70,7 +70,7 @@ def handle(services: Services, request: Request) -> Reply:
     return Reply(messages.deployment_started(deployment))
 
 
-def _audit_refusal(services: Services, request: Request, reason: str) -> None:
+def _audit_rejection(services: Services, request: Request, reason: str) -> None:
     with services.db.session() as session:
         repository.audit(
             session,

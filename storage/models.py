@@ -142,7 +142,7 @@ class EnvironmentLock(SQLModel, table=True):
 class OutboxMessage(SQLModel, table=True):
     """A post to Slack that a state change calls for, written in the same transaction.
 
-    ``kind`` says what to draw from the stored state when it is sent: ``step_output`` (the
+    ``kind`` names what to draw from the stored state when it is sent: ``step_output`` (the
     output tail of ``step_id``), ``alert`` (a failure), ``notify`` (``text`` to ``channel``),
     ``decision`` (a sign-off on ``step_id``) or ``log`` (the deployment log).
     """

@@ -34,7 +34,7 @@ class EnvironmentBusy(Exception):
 
 
 class AlreadyDecided(Exception):
-    """Somebody signed off this step first."""
+    """Another decision on this step was stored first."""
 
     def __init__(self, sign_off: SignOff):
         self.sign_off = sign_off
