@@ -9,7 +9,7 @@ import logging
 import re
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from bot.runtime import Runtime, Settings, build_runtime
@@ -227,7 +227,8 @@ def run_console(settings: Settings, stdin: TextIO = sys.stdin, out: TextIO = sys
     except local.LocalSiteError as error:
         print(f"The local environment is not available: {error}", file=out)
     port = ConsolePort(out)
-    runtime = build_runtime(settings, port, StaticDirectory())
+    # The console has no rate limit to respect, so thread replies print without pauses.
+    runtime = build_runtime(replace(settings, post_interval=0.0), port, StaticDirectory())
     runtime.start()
     session = ConsoleSession(runtime, port, out)
     print(

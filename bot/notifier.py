@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot import views
@@ -25,7 +26,11 @@ from storage.models import Deployment, OutboxMessage
 logger = logging.getLogger(__name__)
 
 OUTBOX_CLAIM_SECONDS = 60.0
+# NOTE: a process that dies after Slack accepted the post but before the ts was stored leaves
+# a second checklist message behind once this claim lapses.
+MESSAGE_CLAIM_SECONDS = 60.0
 MAX_SEND_ATTEMPTS = 5
+JOINABLE_KINDS = frozenset({"step_output", "decision"})  # thread replies that may share a post
 
 
 class SlackPort(Protocol):
@@ -55,6 +60,7 @@ class Notifier:
         *,
         owner: str,
         min_interval: float = 1.2,
+        post_interval: float = 1.0,
         poll_interval: float = 2.0,
         clock: Clock | None = None,
     ):
@@ -63,6 +69,7 @@ class Notifier:
         self.slack = slack
         self.owner = owner
         self.min_interval = min_interval
+        self.post_interval = post_interval
         self.poll_interval = poll_interval
         self.clock = clock or Clock()
         self._dirty: set[int] = set()
@@ -73,6 +80,7 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._drawn: dict[int, str] = {}  # deployment id -> hash of the last rendering sent
         self._drawn_at: dict[int, float] = {}
+        self._posted_at: dict[str, float] = {}  # channel -> monotonic time of the last post
 
     # --- RunObserver -------------------------------------------------------------------------
 
@@ -148,7 +156,7 @@ class Notifier:
     def _unposted(self) -> set[int]:
         """Return deployments whose checklist message no process has claimed yet."""
         with self.db.session() as session:
-            return set(repository.deployments_without_message(session))
+            return set(repository.deployments_without_message(session, self.clock.now()))
 
     def _redraw(self, deployment_id: int) -> bool:
         """Post or update the checklist message; return True when it must wait for its turn."""
@@ -179,7 +187,10 @@ class Notifier:
 
     def _post_checklist(self, deployment: Deployment, text, blocks, digest: str) -> bool:
         with self.db.session() as session:
-            if not repository.claim_message_post(session, deployment.id, self.owner):
+            claimed = repository.claim_message_post(
+                session, deployment.id, self.owner, self.clock.now(), MESSAGE_CLAIM_SECONDS
+            )
+            if not claimed:
                 # Another process posts it, perhaps drawn before this change, so this one
                 # redraws once that process has stored the ts.
                 self._drawn_at[deployment.id] = time.monotonic()
@@ -196,6 +207,7 @@ class Notifier:
             with self.db.session() as session:
                 row = repository.get_deployment(session, deployment.id)
                 row.message_claimed_by = None  # let the next pass try again
+                row.message_claimed_until = None
             self._drawn_at[deployment.id] = time.monotonic()
             return True
         with self.db.session() as session:
@@ -213,28 +225,70 @@ class Notifier:
             messages = repository.claim_outbox(
                 session, self.owner, self.clock.now(), OUTBOX_CLAIM_SECONDS
             )
-        for message in messages:
-            self._send(message)
+        for post in self._batch(messages):
+            self._send(post)
 
-    def _send(self, message: OutboxMessage) -> None:
-        with self.db.session() as session:
-            deployment = repository.get_deployment(session, message.deployment_id)
-            steps = repository.steps_of(session, message.deployment_id)
-            sign_offs = repository.sign_offs_of(session, message.deployment_id)
-        try:
-            channel, texts, thread, broadcast = self._render(message, deployment, steps, sign_offs)
-            # NOTE: a log split over several messages is sent again whole after a failure.
-            for text in texts:
-                self.slack.post_message(channel, text, None, thread_ts=thread, broadcast=broadcast)
-        except Exception as error:
-            logger.warning(
-                "Sending %s message %s of deployment %s failed: %s",
-                message.kind,
-                message.id,
-                message.deployment_id,
-                error,
-            )
+    def _batch(self, messages: list[OutboxMessage]) -> list["_Post"]:
+        """Render claimed rows, joining neighbouring thread replies into one post each."""
+        posts: list[_Post] = []
+        for message in messages:
             with self.db.session() as session:
+                deployment = repository.get_deployment(session, message.deployment_id)
+                steps = repository.steps_of(session, message.deployment_id)
+                sign_offs = repository.sign_offs_of(session, message.deployment_id)
+            try:
+                channel, texts, thread, broadcast = self._render(
+                    message, deployment, steps, sign_offs
+                )
+            except Exception as error:
+                logger.exception("Rendering outbox message %s failed", message.id)
+                self._record_failure([message], error)
+                continue
+            last = posts[-1] if posts else None
+            joinable = message.kind in JOINABLE_KINDS and len(texts) == 1
+            if (
+                joinable
+                and last is not None
+                and last.joinable
+                and (last.channel, last.thread) == (channel, thread)
+                and len(last.texts[0]) + len(texts[0]) + 2 <= views.MESSAGE_TEXT_LIMIT
+            ):
+                last.texts[0] += "\n\n" + texts[0]
+                last.rows.append(message)
+            else:
+                posts.append(_Post([message], channel, list(texts), thread, broadcast, joinable))
+        return posts
+
+    def _send(self, post: "_Post") -> None:
+        try:
+            # NOTE: a log split over several messages is sent again whole after a failure.
+            for text in post.texts:
+                self._pace(post.channel)
+                self.slack.post_message(
+                    post.channel, text, None, thread_ts=post.thread, broadcast=post.broadcast
+                )
+        except Exception as error:
+            ids = ", ".join(str(row.id) for row in post.rows)
+            logger.warning(
+                "Sending outbox message(s) %s to %s failed: %s", ids, post.channel, error
+            )
+            self._record_failure(post.rows, error)
+            return
+        with self.db.session() as session:
+            for message in post.rows:
+                row = session.get(OutboxMessage, message.id)
+                row.sent_at = self.clock.now()
+
+    def _pace(self, channel: str) -> None:
+        """Keep posts to one channel ``post_interval`` apart (chat.postMessage allows ~1/s)."""
+        wait = self._posted_at.get(channel, 0.0) + self.post_interval - time.monotonic()
+        if wait > 0:
+            self._stop.wait(wait)
+        self._posted_at[channel] = time.monotonic()
+
+    def _record_failure(self, messages: list[OutboxMessage], error: Exception) -> None:
+        with self.db.session() as session:
+            for message in messages:
                 row = session.get(OutboxMessage, message.id)
                 row.attempts += 1
                 row.last_error = str(error)[:500]
@@ -243,10 +297,6 @@ class Notifier:
                 if row.attempts >= MAX_SEND_ATTEMPTS:
                     logger.error("Giving up on message %s after %d attempts", row.id, row.attempts)
                     row.sent_at = self.clock.now()
-            return
-        with self.db.session() as session:
-            row = session.get(OutboxMessage, message.id)
-            row.sent_at = self.clock.now()
 
     def _render(self, message: OutboxMessage, deployment: Deployment, steps, sign_offs):
         """Return (channel, texts, thread ts, broadcast) for an outbox row."""
@@ -271,3 +321,15 @@ class Notifier:
             texts = views.log_messages(self.config, deployment, steps, sign_offs)
             return channel, texts, thread, False
         raise ValueError(f"unknown outbox message kind {message.kind!r}")
+
+
+@dataclass
+class _Post:
+    """One chat.postMessage (or a few, for a long log) carrying one or more outbox rows."""
+
+    rows: list[OutboxMessage]
+    channel: str
+    texts: list[str]
+    thread: str | None
+    broadcast: bool
+    joinable: bool

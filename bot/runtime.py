@@ -31,6 +31,7 @@ class Settings:
     environments_file: Path
     home: Path
     update_interval: float
+    post_interval: float
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -51,6 +52,7 @@ class Settings:
             ),
             home=home,
             update_interval=float(environ.get("GONOGO_UPDATE_INTERVAL") or 1.2),
+            post_interval=float(environ.get("GONOGO_POST_INTERVAL") or 1.0),
         )
 
     def load_config(self) -> Config:
@@ -84,7 +86,14 @@ def build_runtime(settings: Settings, slack: SlackPort, directory: Directory) ->
     db = Database(settings.database_url)
     db.migrate()
     owner = process_owner()
-    notifier = Notifier(db, config, slack, owner=owner, min_interval=settings.update_interval)
+    notifier = Notifier(
+        db,
+        config,
+        slack,
+        owner=owner,
+        min_interval=settings.update_interval,
+        post_interval=settings.post_interval,
+    )
     runner = Runner(db, config, owner=owner, observer=notifier)
     worker = Worker(runner, db)
     services = Services(config=config, db=db, worker=worker, directory=directory, observer=notifier)

@@ -27,6 +27,7 @@ STEP_MARKS = {
     StepStatus.SKIPPED: (":fast_forward:", "skipped"),
     StepStatus.NOT_RUN: (":heavy_minus_sign:", "not run"),
 }
+COMPLETED = (StepStatus.PASSED, StepStatus.SKIPPED)  # what the progress counts count as done
 DEPLOYMENT_WORDS = {
     DeploymentStatus.PENDING: "Queued",
     DeploymentStatus.RUNNING: "Running",
@@ -70,8 +71,7 @@ def checklist_message(
 
 
 def summary_text(deployment: Deployment, steps: list[StepRun], waiting: StepRun | None) -> str:
-    done = sum(1 for step in steps if step.status.finished)
-    progress = f"({done}/{len(steps)})"
+    progress = f"({_completed(steps)}/{len(steps)})"
     head = f"{deployment.version} → {deployment.environment}"
     if deployment.status == DeploymentStatus.FAILED:
         failed = next((s for s in steps if s.status == StepStatus.FAILED), None)
@@ -262,13 +262,12 @@ def _button(label: str, action_id: str, value: str, style: str | None, confirm: 
 
 
 def _footer(deployment: Deployment, steps, phases, sign_offs: list[SignOff]) -> str:
-    completed = (StepStatus.PASSED, StepStatus.SKIPPED)
-    done = sum(1 for step in steps if step.status in completed)
+    done = _completed(steps)
     current = next(
         (
             index
             for index, phase in enumerate(phases, 1)
-            if any(step.status not in completed for step in phase)
+            if any(step.status not in COMPLETED for step in phase)
         ),
         len(phases),
     )
@@ -280,6 +279,10 @@ def _footer(deployment: Deployment, steps, phases, sign_offs: list[SignOff]) -> 
     for sign_off in approvals:
         parts.append(f"{sign_off.decision} by <@{sign_off.user_id}>")
     return " · ".join(parts)
+
+
+def _completed(steps: list[StepRun]) -> int:
+    return sum(1 for step in steps if step.status in COMPLETED)
 
 
 def max_finished(steps: list[StepRun]) -> datetime | None:

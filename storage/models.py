@@ -68,6 +68,7 @@ class Deployment(SQLModel, table=True):
     channel: str  # channel of the checklist message
     message_ts: str | None = None
     message_claimed_by: str | None = None  # the process that posts the checklist message
+    message_claimed_until: datetime | None = None  # after this, another process may post it
     variables: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime

@@ -278,22 +278,38 @@ def pending_outbox_count(session: Session) -> int:
     return session.exec(statement.where(col(OutboxMessage.sent_at).is_(None))).one()
 
 
-def claim_message_post(session: Session, deployment_id: int, owner: str) -> bool:
-    """Let exactly one process post a deployment's checklist message."""
+def claim_message_post(
+    session: Session, deployment_id: int, owner: str, now: datetime, ttl: float
+) -> bool:
+    """Let one process at a time post a deployment's checklist message.
+
+    A claim lapses after ``ttl`` seconds without a stored ts, so a process that died while
+    posting does not leave the deployment without a message.
+    """
     result = session.execute(
         update(Deployment)
         .where(
             col(Deployment.id) == deployment_id,
-            col(Deployment.message_claimed_by).is_(None),
+            col(Deployment.message_ts).is_(None),
+            _message_unclaimed(now),
         )
-        .values(message_claimed_by=owner)
+        .values(message_claimed_by=owner, message_claimed_until=now + timedelta(seconds=ttl))
     )
     return result.rowcount == 1
 
 
-def deployments_without_message(session: Session) -> list[int]:
-    statement = select(Deployment.id).where(col(Deployment.message_claimed_by).is_(None))
+def deployments_without_message(session: Session, now: datetime) -> list[int]:
+    statement = select(Deployment.id).where(
+        col(Deployment.message_ts).is_(None), _message_unclaimed(now)
+    )
     return list(session.exec(statement))
+
+
+def _message_unclaimed(now: datetime):
+    return or_(
+        col(Deployment.message_claimed_by).is_(None),
+        col(Deployment.message_claimed_until) < now,
+    )
 
 
 def deployments_with_status(

@@ -137,6 +137,7 @@ def start_server(
         "GONOGO_ENVIRONMENTS": str(environments),
         "GONOGO_RUNBOOK": str(runbook or PROJECT_DIR / "runbooks" / "vvb-v11.yml"),
         "GONOGO_UPDATE_INTERVAL": "0.2",
+        "GONOGO_POST_INTERVAL": "0.2",
         "GONOGO_E2E_TEST_TOKEN": TEST_TOKEN,
         "GONOGO_HOME": str(tmp_path / "home"),
     }

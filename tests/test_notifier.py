@@ -4,6 +4,7 @@ The notifier draws every message from the database, so each test changes rows th
 then lets the notifier catch up, either with run_once() or with its thread and wait_idle().
 """
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -61,9 +62,22 @@ def make_notifier(db: Database, config: Config, standin: SlackStandIn):
     """Return a factory of notifiers on the shared database; their threads stop at teardown."""
     started: list[Notifier] = []
 
-    def make(owner: str = "notifier-a", *, min_interval: float = 0.0, start: bool = False):
+    def make(
+        owner: str = "notifier-a",
+        *,
+        min_interval: float = 0.0,
+        post_interval: float = 0.0,
+        start: bool = False,
+    ):
         port = RecordingPort(WebApiPort(web_client(standin.token, standin.base_url)))
-        notifier = Notifier(db, config, port, owner=owner, min_interval=min_interval)
+        notifier = Notifier(
+            db,
+            config,
+            port,
+            owner=owner,
+            min_interval=min_interval,
+            post_interval=post_interval,
+        )
         if start:
             notifier.start()
             started.append(notifier)
@@ -215,7 +229,9 @@ def test_messages_within_block_kit(
 # --- the outbox ------------------------------------------------------------------------------
 
 
-def test_outbox_sent_in_thread(db: Database, config: Config, standin: SlackStandIn, make_notifier):
+def test_outbox_joined_in_thread(
+    db: Database, config: Config, standin: SlackStandIn, make_notifier
+):
     deployment_id = create_deployment(db, config)
     notifier = make_notifier()
     notifier.run_once()
@@ -228,7 +244,8 @@ def test_outbox_sent_in_thread(db: Database, config: Config, standin: SlackStand
 
     ts = standin.messages(CHANNEL)[0].ts
     replies = standin.thread(CHANNEL, ts)
-    assert [reply.text.split("```")[1] for reply in replies] == [
+    assert len(replies) == 1  # queued step outputs share one post
+    assert replies[0].text.split("```")[1::2] == [
         "output of step 4",
         "output of step 5",
         "output of step 6",
@@ -381,12 +398,28 @@ def test_two_notifiers_send_each_row_once(
     assert second.wait_idle(timeout=30)
 
     ts = standin.messages(CHANNEL)[0].ts
-    outputs = [reply.text.split("```")[1] for reply in standin.thread(CHANNEL, ts)]
+    replies = standin.thread(CHANNEL, ts)
+    outputs = [output for reply in replies for output in reply.text.split("```")[1::2]]
     assert sorted(outputs) == sorted(f"output of step {position}" for position in positions)
     assert len(outputs) == len(positions)
     with db.session() as session:
         claimers = {row.claimed_by for row in session.exec(select(OutboxMessage))}
     assert claimers <= {"notifier-b", "notifier-c"}
+
+
+def test_posts_to_one_channel_are_paced(db: Database, config: Config, make_notifier):
+    deployment_id = create_deployment(db, config)
+    notifier = make_notifier(post_interval=0.3)
+    notifier.run_once()
+    for index in range(3):
+        notice(db, deployment_id, f"notice {index}")
+
+    notifier.run_once()
+
+    notice_times = notifier.slack.post_times[1:]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(notice_times)]
+    assert len(notifier.slack.post_times) == 4  # the checklist message, then three notices
+    assert min(gaps) >= 0.29
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -398,11 +431,14 @@ class RecordingPort:
     def __init__(self, port: WebApiPort):
         self.port = port
         self.update_times: list[float] = []
+        self.post_times: list[float] = []
         self.before_post = lambda: None
         self._lock = threading.Lock()
 
     def post_message(self, channel, text, blocks=None, thread_ts=None, broadcast=False) -> str:
         self.before_post()
+        with self._lock:
+            self.post_times.append(time.monotonic())
         return self.port.post_message(channel, text, blocks, thread_ts, broadcast)
 
     def update_message(self, channel, ts, text, blocks) -> None:

@@ -322,10 +322,39 @@ def test_claim_message_post_once(db: Database):
 
     results = run_together(
         ["a", "b", "c"],
-        lambda owner: session_call(db, repository.claim_message_post, deployment.id, owner),
+        lambda owner: session_call(
+            db, repository.claim_message_post, deployment.id, owner, NOW, 60
+        ),
     )
 
     assert sorted(results.values()) == [False, False, True]
+
+
+def test_lapsed_message_claim_is_taken_over(db: Database):
+    deployment = create(db, "production")
+    with db.session() as session:
+        first = repository.claim_message_post(session, deployment.id, "a", NOW, 60)
+    with db.session() as session:
+        too_early = repository.claim_message_post(session, deployment.id, "b", NOW, 60)
+    later = NOW + timedelta(seconds=61)
+    with db.session() as session:
+        unclaimed = repository.deployments_without_message(session, later)
+    with db.session() as session:
+        taken_over = repository.claim_message_post(session, deployment.id, "b", later, 60)
+
+    assert first
+    assert not too_early
+    assert unclaimed == [deployment.id]
+    assert taken_over
+
+
+def test_posted_message_is_not_claimed_again(db: Database):
+    deployment = create(db, "production", message_ts="1700000000.000100")
+    later = NOW + timedelta(hours=1)
+    with db.session() as session:
+        claimed = repository.claim_message_post(session, deployment.id, "a", later, 60)
+
+    assert not claimed
 
 
 # --- helpers ---------------------------------------------------------------------------------
