@@ -11,7 +11,8 @@ from bot.notifier import Notifier, SlackPort
 from bot.scheduler import Worker
 from commands.context import Directory, Services
 from engine.config import Config, load_config
-from engine.runner import Runner
+from engine.runner import Runner, secret_values
+from engine.templates import Masker
 from storage.db import Database, default_url
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,38 @@ def process_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+class SecretFilter(logging.Filter):
+    """Replaces the values of the configured secrets in every log record it sees."""
+
+    def __init__(self, masker: Masker):
+        super().__init__()
+        self.masker = masker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = self.masker(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def mask_secrets_in_logs(config: Config) -> None:
+    """Attach a SecretFilter for every environment's secrets to the root logger's handlers."""
+    values = {
+        f"{name}.{secret}": value
+        for name, environment in config.environments.items()
+        for secret, value in secret_values(environment).items()
+    }
+    secret_filter = SecretFilter(Masker(values))
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, SecretFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(secret_filter)
+
+
 def build_runtime(settings: Settings, slack: SlackPort, directory: Directory) -> Runtime:
     config = settings.load_config()
+    mask_secrets_in_logs(config)
     db = Database(settings.database_url)
     db.migrate()
     owner = process_owner()
