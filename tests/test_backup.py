@@ -1,8 +1,7 @@
 """The runbook's database backup step fails loudly: a failing or empty dump halts the run.
 
-The step runs on this machine against the sample site; `docker exec` is the stand-in for the
-docker CLI in sample/bin, and the dump is made by the real pg_dump from this machine's
-PostgreSQL.
+The step runs on this machine against the sample site. `docker exec` is the stand-in for the
+docker CLI in sample/bin, so the dump comes from the real pg_dump and PostgreSQL here.
 """
 
 import pytest
@@ -18,20 +17,8 @@ from storage import repository
 from storage.db import Database
 from storage.models import DeploymentStatus, StepStatus
 from tests.support.gonogo_server import PROJECT_DIR, free_port
+from tests.support.inline import InlineWorker, NoObserver
 from tests.support.postgres import scratch_database
-
-
-class InlineWorker:
-    def __init__(self, runner: Runner):
-        self.runner = runner
-
-    def submit(self, deployment_id: int) -> None:
-        self.runner.run(deployment_id)
-
-
-class NoObserver:
-    def deployment_changed(self, deployment_id: int) -> None:
-        pass
 
 
 @pytest.fixture

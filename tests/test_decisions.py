@@ -10,6 +10,7 @@ from engine.runner import Runner
 from storage import repository
 from storage.db import Database
 from storage.models import DeploymentStatus, StepStatus
+from tests.support.inline import InlineWorker, NoObserver
 
 REQUESTER = "U0RELEASE"
 APPROVER = "U0APPROVER"
@@ -42,21 +43,6 @@ environments:
     hosts:
       app: [local]
 """
-
-
-class InlineWorker:
-    """Runs the deployment at once, in the caller's thread."""
-
-    def __init__(self):
-        self.runner: Runner | None = None
-
-    def submit(self, deployment_id: int) -> None:
-        self.runner.run(deployment_id)
-
-
-class NoObserver:
-    def deployment_changed(self, deployment_id: int) -> None:
-        pass
 
 
 @pytest.fixture
