@@ -12,7 +12,7 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from commands import SLASH_COMMANDS, decisions
+from commands import decisions, slash_commands
 from commands.context import Reply, Request, Services
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,9 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
         raise_error_for_unhandled_request=False,
     )
 
-    @app.command(re.compile("^(" + "|".join(map(re.escape, SLASH_COMMANDS)) + ")$"))
+    handlers = slash_commands(services.config)
+
+    @app.command(re.compile("^(" + "|".join(map(re.escape, handlers)) + ")$"))
     def on_command(ack: Ack, command: dict[str, Any]) -> None:
         request = Request(
             user_id=command["user_id"],
@@ -38,7 +40,7 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
             text=command.get("text", ""),
             command=command["command"],
         )
-        ack(**ack_arguments(SLASH_COMMANDS[command["command"]](services, request)))
+        ack(**ack_arguments(handlers[command["command"]](services, request)))
 
     @app.action(BUTTON_ACTIONS)
     def on_decision(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond):

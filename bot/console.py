@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from bot.runtime import Runtime, Settings, build_runtime
-from commands import SLASH_COMMANDS, decisions
+from commands import decisions, slash_commands
 from commands.context import Request
 from commands.roles import StaticDirectory
 from storage import repository
@@ -42,6 +42,7 @@ EMOJI = {
     ":rotating_light:": "[ALERT]",
     ":no_entry:": "[rejected]",
     ":ballot_box_with_check:": "[ticked]",
+    ":pause_button:": "[paused]",
 }
 
 
@@ -90,6 +91,10 @@ class ConsolePort:
             else:
                 self._print(f"  … {to_plain(text)}")
             self._collect_buttons(ts, blocks)
+
+    def upload_file(self, channel: str, filename: str, content: str, title: str) -> None:
+        with self._lock:
+            self._print(f"\n── #{channel} file {filename}: {title} ──\n{content}")
 
     def reprint(self) -> None:
         with self._lock:
@@ -185,9 +190,10 @@ class ConsoleSession:
         self._say(f"Still busy after {timeout:.0f} s.")
 
     def _command(self, command: str, text: str) -> None:
-        handler = SLASH_COMMANDS.get(command)
+        handlers = slash_commands(self.runtime.services.config)
+        handler = handlers.get(command)
         if handler is None:
-            known = ", ".join(sorted(SLASH_COMMANDS))
+            known = ", ".join(sorted(handlers))
             self._say(f"Unknown command `{command}`. Known commands: {known}.")
             return
         request = Request(user_id=self.user, channel_id="C0CONSOLE", text=text, command=command)

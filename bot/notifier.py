@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot import views
+from commands.deploy_log import render_markdown
 from engine.clock import Clock
 from engine.config import Config
 from storage import repository
@@ -30,7 +31,9 @@ OUTBOX_CLAIM_SECONDS = 60.0
 # a second checklist message behind once this claim lapses.
 MESSAGE_CLAIM_SECONDS = 60.0
 MAX_SEND_ATTEMPTS = 5
-JOINABLE_KINDS = frozenset({"step_output", "decision"})  # thread replies that may share a post
+JOINABLE_KINDS = frozenset(
+    {"step_output", "decision", "paused"}
+)  # thread replies that may share a post
 
 
 class SlackPort(Protocol):
@@ -49,6 +52,9 @@ class SlackPort(Protocol):
     def update_message(
         self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None
     ) -> None: ...
+
+    def upload_file(self, channel: str, filename: str, content: str, title: str) -> None:
+        """Upload a text file to a channel."""
 
 
 class Notifier:
@@ -236,6 +242,9 @@ class Notifier:
                 deployment = repository.get_deployment(session, message.deployment_id)
                 steps = repository.steps_of(session, message.deployment_id)
                 sign_offs = repository.sign_offs_of(session, message.deployment_id)
+            if message.kind == "log_file":
+                posts.append(self._log_file(message, deployment, steps, sign_offs))
+                continue
             try:
                 channel, texts, thread, broadcast = self._render(
                     message, deployment, steps, sign_offs
@@ -259,8 +268,19 @@ class Notifier:
                 posts.append(_Post([message], channel, list(texts), thread, broadcast, joinable))
         return posts
 
+    def _log_file(self, message: OutboxMessage, deployment, steps, sign_offs) -> "_Post":
+        with self.db.session() as session:
+            trail = repository.audit_trail(session, deployment.id)
+        content = render_markdown(self.config, deployment, steps, sign_offs, trail)
+        filename = f"deployment-{deployment.id}-{deployment.environment}-{deployment.version}.md"
+        title = f"Deployment log #{deployment.id}: {deployment.version} to {deployment.environment}"
+        return _Post([message], message.channel, [], None, False, False, (filename, content, title))
+
     def _send(self, post: "_Post") -> None:
         try:
+            if post.upload is not None:
+                self._pace(post.channel)
+                self.slack.upload_file(post.channel, *post.upload)
             # NOTE: a log split over several messages is sent again whole after a failure.
             for text in post.texts:
                 self._pace(post.channel)
@@ -317,6 +337,9 @@ class Notifier:
                 thread,
                 False,
             )
+        if message.kind == "paused":
+            text = views.paused_message(self.config, by_id[message.step_id])
+            return channel, [text], thread, False
         if message.kind == "log":
             texts = views.log_messages(self.config, deployment, steps, sign_offs)
             return channel, texts, thread, False
@@ -333,3 +356,4 @@ class _Post:
     thread: str | None
     broadcast: bool
     joinable: bool
+    upload: tuple[str, str, str] | None = None  # file name, content and title of a file to upload

@@ -53,6 +53,11 @@ class WebApiPort:
     ) -> None:
         self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks or [])
 
+    def upload_file(self, channel: str, filename: str, content: str, title: str) -> None:
+        self.client.files_upload_v2(
+            channel=channel, content=content, filename=filename, title=title
+        )
+
 
 class SlackDirectory:
     """User-group members through the Web API, cached for ``ttl`` seconds.

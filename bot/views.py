@@ -32,6 +32,7 @@ DEPLOYMENT_WORDS = {
     DeploymentStatus.PENDING: "Queued",
     DeploymentStatus.RUNNING: "Running",
     DeploymentStatus.WAITING: "Waiting",
+    DeploymentStatus.PAUSED: "Paused",
     DeploymentStatus.SUCCEEDED: "Deployed",
     DeploymentStatus.FAILED: "Failed",
     DeploymentStatus.REJECTED: "Rejected",
@@ -64,6 +65,10 @@ def checklist_message(
         blocks.append(_section(_phase_text(phase_steps)))
     if waiting is not None:
         blocks += _waiting_blocks(config, deployment, waiting)
+    elif deployment.status == DeploymentStatus.PAUSED:
+        following = next((step for step in steps if step.status == StepStatus.PENDING), None)
+        if following is not None:
+            blocks.append(_section(paused_message(config, following)))
     if deployment.error and deployment.status.finished:
         blocks.append(_section(f":rotating_light: *Halted:* {deployment.error}"))
     blocks.append(_context(_footer(deployment, steps, phases, sign_offs)))
@@ -116,12 +121,19 @@ def alert_message(deployment: Deployment, steps: list[StepRun], failed_step_id: 
     not_run = sum(1 for step in steps if step.status == StepStatus.NOT_RUN)
     where = f"*{failed.phase_title}: {failed.title}*" if failed else "a step"
     reason = failed.error if failed and failed.error else deployment.error
+    because = f": {reason}" if reason else ""
     return _cut(
         f":rotating_light: <@{deployment.requested_by}> Deployment #{deployment.id} of "
-        f"`{deployment.version}` to `{deployment.environment}` halted at {where}: {reason}. "
+        f"`{deployment.version}` to `{deployment.environment}` halted at {where}{because}. "
         f"{not_run} later step(s) were not run.",
         MESSAGE_TEXT_LIMIT,
     )
+
+
+def paused_message(config: Config, next_step: StepRun) -> str:
+    phase = next(p for p in config.runbook.phases if p.id == next_step.phase_id)
+    command = f"`{phase.command}`" if phase.command else "the next phase command"
+    return f":pause_button: Paused before *{phase.title}*. Type {command} to run it."
 
 
 def decision_message(sign_off: SignOff, step: StepRun) -> str:

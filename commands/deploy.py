@@ -14,11 +14,24 @@ logger = logging.getLogger(__name__)
 
 
 def handle(services: Services, request: Request) -> Reply:
-    config = services.config
     words = request.text.split()
     if len(words) != 2:
         return Reply(messages.deploy_usage(request.text))
-    version, environment_name = words
+    return start(services, request, *words)
+
+
+def start(
+    services: Services,
+    request: Request,
+    version: str,
+    environment_name: str,
+    target_position: int | None = None,
+) -> Reply:
+    """Check and store a new deployment, then hand it to the worker.
+
+    ``target_position`` stops the run after that step, for a deployment driven phase by phase.
+    """
+    config = services.config
     environment = config.environments.get(environment_name)
     if environment is None:
         return Reply(messages.unknown_environment(environment_name, config))
@@ -38,6 +51,7 @@ def handle(services: Services, request: Request) -> Reply:
         channel=environment.channel,
         created_at=now,
         updated_at=now,
+        target_position=target_position,
     )
     try:
         with services.db.session() as session:
@@ -52,7 +66,7 @@ def handle(services: Services, request: Request) -> Reply:
                 actor=request.user_id,
                 action="command",
                 deployment_id=deployment.id,
-                command="/deploy",
+                command=request.command or "/deploy",
                 text=request.text,
             )
     except repository.EnvironmentBusy as busy:

@@ -2,8 +2,13 @@
 
 from datetime import datetime
 
+from commands import messages
+from commands.context import Reply, Request, Services
+from commands.lookup import current_deployment, environment_of
+from commands.roles import has_role
 from engine.config import Config
-from storage.models import Deployment, SignOff, StepRun, StepStatus
+from storage import repository
+from storage.models import AuditEvent, Deployment, OutboxMessage, SignOff, StepRun, StepStatus
 
 RESULT_WORDS = {
     StepStatus.PASSED: "PASS",
@@ -136,3 +141,89 @@ def _seconds(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return ""
     return f" ({(end - start).total_seconds():.1f} s)"
+
+
+def handle(services: Services, request: Request) -> Reply:
+    """``/deploy-log [environment]``: upload the log of the environment's deployment here."""
+    words = request.text.split()
+    if len(words) > 1:
+        return Reply(messages.phase_usage("/deploy-log", first=False))
+    environment_name, error = environment_of(services, request, words[0] if words else None)
+    if error:
+        return Reply(error)
+    environment = services.config.environments[environment_name]
+    if not any(
+        has_role(services.directory, environment, role, request.user_id)
+        for role in ("deployers", "approvers")
+    ):
+        return Reply(messages.role_needed("deployer or approver", environment_name, "read logs"))
+    deployment = current_deployment(services, environment_name)
+    if deployment is None:
+        return Reply(messages.no_deployment(environment_name))
+    now = services.clock.now()
+    with services.db.session() as session:
+        repository.enqueue(
+            session,
+            OutboxMessage(
+                deployment_id=deployment.id,
+                kind="log_file",
+                channel=request.channel_id,
+                created_at=now,
+            ),
+        )
+        repository.audit(
+            session,
+            now=now,
+            actor=request.user_id,
+            action="command",
+            deployment_id=deployment.id,
+            command="/deploy-log",
+        )
+    services.observer.deployment_changed(deployment.id)
+    return Reply(f"Uploading the log of {messages.deployment_link(deployment)} here.")
+
+
+def render_markdown(
+    config: Config,
+    deployment: Deployment,
+    steps: list[StepRun],
+    sign_offs: list[SignOff],
+    audit_trail: list[AuditEvent],
+) -> str:
+    """Return the log as a Markdown document: the template, every step, and the audit trail."""
+    lines = [
+        f"# Deployment log: {deployment.version} to {deployment.environment}",
+        "",
+        "```",
+        render_log(config, deployment, steps, sign_offs),
+        "```",
+        "",
+        "## Steps",
+        "",
+        "| # | Phase | Step | Result | Started | Duration | Exit code |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for step in steps:
+        duration = _seconds(step.started_at, step.finished_at).strip(" ()") or "-"
+        exit_code = "-" if step.exit_code is None else str(step.exit_code)
+        lines.append(
+            f"| {step.position + 1} | {_cell(step.phase_title)} | {_cell(step.title)} | "
+            f"{RESULT_WORDS[step.status]} | {_time(step.started_at)} | {duration} | {exit_code} |"
+        )
+    lines += [
+        "",
+        "## Audit trail",
+        "",
+        "| Time | Who | What | Details |",
+        "| --- | --- | --- | --- |",
+    ]
+    for event in audit_trail:
+        details = ", ".join(f"{key}={value}" for key, value in (event.detail or {}).items())
+        lines.append(
+            f"| {_time(event.at, date=True)} | {event.actor} | {event.action} | {_cell(details)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -79,3 +79,54 @@ def self_approval(step_title: str) -> str:
 
 def decision_recorded(decision: str, step_title: str) -> str:
     return f"Recorded: *{step_title}* {decision}."
+
+
+def name_the_environment(command: str) -> str:
+    return (
+        f"`{command}` acts on an environment's deployment. Name the environment, as in "
+        f"`{command} production`, or type it in that environment's channel."
+    )
+
+
+def no_deployment(environment: str) -> str:
+    return f"`{environment}` has no deployment. Start one with `/deploy <version> {environment}`."
+
+
+def phase_usage(command: str, first: bool) -> str:
+    if first:
+        return (
+            f"Usage: `{command} <version> <environment>` starts a deployment that runs phase by "
+            f"phase, or `{command} <environment>` runs this phase of its active deployment."
+        )
+    return f"Usage: `{command}` in the environment's channel, or `{command} <environment>`."
+
+
+def phase_out_of_order(command: str, deployment: Deployment, earlier: list[str]) -> str:
+    return (
+        f"`{command}` cannot start yet on deployment #{deployment.id}. "
+        f"Run these first, in order: {', '.join(f'`{name}`' for name in earlier)}."
+    )
+
+
+def phase_already_passed(command: str, deployment: Deployment, following: str | None) -> str:
+    next_text = f" Next: `{following}`." if following else ""
+    return f"`{command}` already passed on deployment #{deployment.id}.{next_text}"
+
+
+def deployment_busy(deployment: Deployment, step_title: str) -> str:
+    return (
+        f"Deployment #{deployment.id} is at *{step_title}* now ({deployment.status.value}). "
+        "Let that step finish or decide it first."
+    )
+
+
+def deployment_ended(deployment: Deployment) -> str:
+    return (
+        f"Deployment #{deployment.id} of `{deployment.version}` to `{deployment.environment}` "
+        f"has ended ({deployment.status.value}). Start a new one with `/deploy`."
+    )
+
+
+def phase_started(command: str, deployment: Deployment, rerun: bool) -> str:
+    verb = "Running again" if rerun else "Running"
+    return f"{verb} `{command}` on {deployment_link(deployment)} of `{deployment.version}`."

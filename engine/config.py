@@ -32,6 +32,9 @@ from engine.yamlfile import ConfigError, ConfigProblem, Location, YamlDocument, 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_]\w*)(?::-([^}]*))?\}")
 SLUG = r"^[a-z0-9][a-z0-9-]*$"
+COMMAND = r"^/[a-z][a-z0-9-]{0,30}$"
+# Commands gonogo defines itself, which no phase may take.
+RESERVED_COMMANDS = frozenset({"/deploy", "/deploy-status", "/deploy-log", "/signoff"})
 
 # Variables the engine sets for every deployment; see engine.runner.deployment_variables.
 BUILTIN_VARIABLES = frozenset(
@@ -135,6 +138,8 @@ class Step(Strict):
 class Phase(Strict):
     id: Annotated[StrictStr, Field(pattern=SLUG, max_length=60)]
     title: Annotated[StrictStr, Field(min_length=1, max_length=80)]
+    # The slash command that runs this phase on its own; neighbouring phases may share one.
+    command: Annotated[StrictStr, Field(pattern=COMMAND)] | None = None
     steps: Annotated[list[Step], Field(min_length=1)]
 
 
@@ -233,6 +238,23 @@ class Runbook(Strict):
                         f"step id {step.id!r} is used twice; step ids must be unique",
                     )
                 seen.add(step.id)
+        previous = None
+        taken: set[str] = set()
+        for phase_index, phase in enumerate(self.phases):
+            command = phase.command
+            if command in RESERVED_COMMANDS:
+                raise _located_error(
+                    ("phases", phase_index, "command"),
+                    f"{command} is one of gonogo's own commands; choose another name",
+                )
+            if command and command in taken and command != previous:
+                raise _located_error(
+                    ("phases", phase_index, "command"),
+                    f"{command} already runs an earlier phase; only neighbours may share it",
+                )
+            if command:
+                taken.add(command)
+            previous = command
         for location, step_id in self.deployment_log.step_references():
             if step_id not in seen:
                 raise _located_error(
@@ -249,6 +271,14 @@ class Runbook(Strict):
 
     def steps(self) -> list[tuple[Phase, Step]]:
         return [(phase, step) for phase in self.phases for step in phase.steps]
+
+    def phase_commands(self) -> dict[str, list[Phase]]:
+        """Return each phase command with the phases it runs, in runbook order."""
+        commands: dict[str, list[Phase]] = {}
+        for phase in self.phases:
+            if phase.command:
+                commands.setdefault(phase.command, []).append(phase)
+        return commands
 
     def step_groups(self) -> list[tuple[tuple, list[Step]]]:
         """Return every list of steps with its location in the file, phases first."""

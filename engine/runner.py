@@ -154,6 +154,12 @@ class Runner:
                     self._finish(session, deployment, DeploymentStatus.SUCCEEDED)
                     self._commit_and_notify(session, deployment_id)
                     return
+                target = deployment.target_position
+                if target is not None and step.position > target:
+                    if deployment.status != DeploymentStatus.PAUSED:
+                        self._pause(session, deployment, step)
+                        self._commit_and_notify(session, deployment_id)
+                    return
                 if deployment.status == DeploymentStatus.PENDING:
                     deployment.started_at = self.clock.now()
                     logger.info(
@@ -431,6 +437,30 @@ class Runner:
             deployment.environment,
             status.value,
         )
+
+    def _pause(self, session, deployment: Deployment, next_step: StepRun) -> None:
+        """Stop before ``next_step``, which belongs to a phase nobody has started yet."""
+        now = self.clock.now()
+        deployment.status = DeploymentStatus.PAUSED
+        deployment.updated_at = now
+        repository.enqueue(
+            session,
+            OutboxMessage(
+                deployment_id=deployment.id,
+                kind="paused",
+                step_id=next_step.step_id,
+                created_at=now,
+            ),
+        )
+        repository.audit(
+            session,
+            now=now,
+            actor="gonogo",
+            action="deployment.paused",
+            deployment_id=deployment.id,
+            next_step=next_step.step_id,
+        )
+        logger.info("Deployment %s paused before step %s", deployment.id, next_step.step_id)
 
     def _fail_unexpectedly(self, deployment_id: int) -> None:
         with self.db.session() as session:

@@ -15,6 +15,7 @@ class DeploymentStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     WAITING = "waiting"  # for a person: a manual check or a gate
+    PAUSED = "paused"  # its last requested phase is done; the next phase command continues it
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REJECTED = "rejected"
@@ -70,6 +71,8 @@ class Deployment(SQLModel, table=True):
     message_claimed_by: str | None = None  # the process that posts the checklist message
     message_claimed_until: datetime | None = None  # after this, another process may post it
     variables: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # The run stops after the step at this position; None runs the whole runbook.
+    target_position: int | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime
     started_at: datetime | None = None

@@ -80,6 +80,32 @@ def active_deployment(session: Session, environment: str) -> Deployment | None:
     return session.get(Deployment, lock.deployment_id) if lock else None
 
 
+def latest_deployment(session: Session, environment: str) -> Deployment | None:
+    statement = select(Deployment).where(Deployment.environment == environment)
+    return session.exec(statement.order_by(col(Deployment.id).desc()).limit(1)).first()
+
+
+def reacquire_environment(session: Session, deployment: Deployment, now: datetime) -> None:
+    """Take the environment's lock again for an ended deployment that resumes.
+
+    Raises EnvironmentBusy when another deployment holds it. This must be the first write of
+    a fresh session: on a conflict the session is rolled back.
+    """
+    lock = EnvironmentLock(
+        environment=deployment.environment, deployment_id=deployment.id, acquired_at=now
+    )
+    try:
+        session.add(lock)
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        active = active_deployment(session, deployment.environment)
+        if active is None:
+            raise
+        session.expunge(active)
+        raise EnvironmentBusy(active) from None
+
+
 def release_environment(session: Session, deployment: Deployment) -> None:
     lock = session.get(EnvironmentLock, deployment.environment)
     if lock is not None and lock.deployment_id == deployment.id:

@@ -68,12 +68,12 @@ def test_console_deploys_sample(console_env):
 def test_console_rejects_bad_input(console_env):
     output = run_console(
         console_env,
-        "/deploy v11 local\n/deploy v11.0.0 moon\n/rollout now\npress 4\nas nobody\nhello\n",
+        "/deploy v11 local\n/deploy v11.0.0 moon\n/launch now\npress 4\nas nobody\nhello\n",
     )
 
     assert "Version `v11` does not match" in output
     assert "Environment `moon` is not defined" in output
-    assert "Unknown command `/rollout`" in output
+    assert "Unknown command `/launch`" in output
     assert "There is no button 4" in output
     assert "`nobody` is not a Slack user ID" in output
     assert "Unknown input `hello`" in output

@@ -322,7 +322,7 @@ def test_alert_broadcast_in_thread(
     replies = standin.thread(CHANNEL, ts)
     assert len(replies) == 1
     assert replies[0].reply_broadcast
-    assert "halted at *Pre-deployment steps: Create and push the git tag*" in replies[0].text
+    assert "halted at *Pre-deployment 1: Git tag: Create and push the git tag*" in replies[0].text
 
 
 # --- two processes on one database -----------------------------------------------------------
@@ -422,6 +422,55 @@ def test_posts_to_one_channel_are_paced(db: Database, config: Config, make_notif
     assert min(gaps) >= 0.29
 
 
+def test_log_file_uploaded(db: Database, config: Config, standin: SlackStandIn, make_notifier):
+    deployment_id = create_deployment(db, config)
+    finish_step(db, deployment_id, 0)
+    notifier = make_notifier()
+    notifier.run_once()
+    with db.session() as session:
+        repository.enqueue(
+            session,
+            OutboxMessage(
+                deployment_id=deployment_id, kind="log_file", channel="C0ASKED", created_at=STARTED
+            ),
+        )
+
+    notifier.run_once()
+
+    files = standin.files()
+    assert [upload.filename for upload in files] == [
+        f"deployment-{deployment_id}-production-v1.4.2.md"
+    ]
+    assert files[0].channel_id == "C0ASKED"
+    content = files[0].content.decode() if isinstance(files[0].content, bytes) else files[0].content
+    assert content.startswith("# Deployment log: v1.4.2 to production\n")
+    assert "DEPLOYMENT LOG - v1.4.2" in content
+    assert "| 1 | Pre-deployment validation | Code review | PASS |" in content
+    assert "## Audit trail" in content
+
+
+def test_paused_message_names_command(
+    db: Database, config: Config, standin: SlackStandIn, make_notifier
+):
+    deployment_id = create_deployment(db, config)
+    notifier = make_notifier()
+    notifier.run_once()
+    with db.session() as session:
+        repository.enqueue(
+            session,
+            OutboxMessage(
+                deployment_id=deployment_id, kind="paused", step_id="git-tag", created_at=STARTED
+            ),
+        )
+
+    notifier.run_once()
+
+    replies = standin.thread(CHANNEL, standin.messages(CHANNEL)[0].ts)
+    assert replies[-1].text == (
+        ":pause_button: Paused before *Pre-deployment 1: Git tag*. Type `/tag` to run it."
+    )
+
+
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -445,6 +494,9 @@ class RecordingPort:
         with self._lock:
             self.update_times.append(time.monotonic())
         self.port.update_message(channel, ts, text, blocks)
+
+    def upload_file(self, channel, filename, content, title) -> None:
+        self.port.upload_file(channel, filename, content, title)
 
 
 def create_deployment(db: Database, config: Config) -> int:

@@ -314,6 +314,33 @@ def test_claim_outbox_skips_sent(db: Database):
     assert [row.id for row in later] == [first.id + 1]
 
 
+def test_reacquire_taken_environment(db: Database):
+    first = create(db, "production")
+    with db.session() as session:
+        repository.release_environment(session, repository.get_deployment(session, first.id))
+    second = create(db, "production")
+
+    with pytest.raises(repository.EnvironmentBusy) as busy:
+        with db.session() as session:
+            repository.reacquire_environment(
+                session, repository.get_deployment(session, first.id), NOW
+            )
+
+    assert busy.value.active.id == second.id
+
+
+def test_reacquire_free_environment(db: Database):
+    first = create(db, "production")
+    with db.session() as session:
+        repository.release_environment(session, repository.get_deployment(session, first.id))
+    with db.session() as session:
+        repository.reacquire_environment(session, repository.get_deployment(session, first.id), NOW)
+    with db.session() as session:
+        active = repository.active_deployment(session, "production")
+
+    assert active.id == first.id
+
+
 # --- checklist message claim -----------------------------------------------------------------
 
 

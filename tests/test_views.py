@@ -42,7 +42,7 @@ def test_fresh(config: Config):
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Queued"
     assert actions_of(blocks) == []
     phase_lines = section_texts(blocks)
-    assert len(phase_lines) == 7
+    assert len(phase_lines) == 10
     assert phase_lines[0] == ":white_circle: *Pre-deployment validation* · not started · 4 steps"
     assert all("not started" in line for line in phase_lines)
 
@@ -65,17 +65,22 @@ def test_running_mid_phase(config: Config):
     phases = section_texts(blocks)
 
     assert message_errors(blocks) == []
-    assert text == "v1.4.2 → production: running Pre-deployment steps: Check disk space (6/31)"
+    verify = phase_section(blocks, "Pre-deployment 3: Environment checks")
+    assert text == (
+        "v1.4.2 → production: running Pre-deployment 3: Environment checks: Check disk space (6/31)"
+    )
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Running"
     assert phases[0].startswith(":white_check_mark: *Pre-deployment validation* · 4/4 done · ")
     assert "\n" not in phases[0]
-    assert phases[1].startswith("*Pre-deployment steps*\n")
-    assert ":white_check_mark: done · Back up the database and the compose state" in phases[1]
-    assert ":hourglass_flowing_sand: running · Check disk space" in phases[1]
-    assert ":white_circle: not started · Check container status" in phases[1]
-    assert phases[2].startswith(":white_circle: *Phase 1: Staging validation* · not started")
+    backup = phase_section(blocks, "Pre-deployment 2: Backup")
+    assert backup.startswith(":white_check_mark: *Pre-deployment 2: Backup* · 1/1 done")
+    assert verify.startswith("*Pre-deployment 3: Environment checks*\n")
+    assert ":hourglass_flowing_sand: running · Check disk space" in verify
+    assert ":white_circle: not started · Check container status" in verify
+    staging = phase_section(blocks, "Phase 1: Staging validation")
+    assert staging.startswith(":white_circle: *Phase 1: Staging validation* · not started")
     assert actions_of(blocks) == []
-    assert footer_of(blocks).startswith("Phase 2 of 7 · 6 of 31 steps · ")
+    assert footer_of(blocks).startswith("Phase 4 of 10 · 6 of 31 steps · ")
 
 
 def test_waiting_on_gate(config: Config):
@@ -164,7 +169,7 @@ def test_manual_fallback_shows_reason(config: Config):
 
     assert message_errors(blocks) == []
     assert f"• Staging Grafana is healthy ({reason})" in waiting_section(blocks)
-    assert f"_{reason}_" in section_texts(blocks)[2]
+    assert f"_{reason}_" in phase_section(blocks, "Phase 1: Staging validation")
     assert [button["value"] for button in actions_of(blocks)] == ["42:staging-grafana"]
 
 
@@ -181,7 +186,7 @@ def test_failed(config: Config):
     steps[20].error = error
 
     text, blocks = views.checklist_message(config, deployment, steps, [])
-    rollout = section_texts(blocks)[4]
+    rollout = phase_section(blocks, "Phase 3: Rollout")
     shown = "\n".join(section_texts(blocks))
 
     assert message_errors(blocks) == []
@@ -190,10 +195,12 @@ def test_failed(config: Config):
     assert ":white_check_mark: done · Pin the release in the compose environment file" in rollout
     assert ":x: failed · Pull the new image" in rollout
     assert "Start the new version" not in shown
-    assert section_texts(blocks)[5] == ":heavy_minus_sign: *Phase 4: Health verification* · not run"
+    assert phase_section(blocks, "Phase 4: Health verification") == (
+        ":heavy_minus_sign: *Phase 4: Health verification* · not run"
+    )
     assert f":rotating_light: *Halted:* Pull the new image: {error}" in shown
     assert actions_of(blocks) == []
-    assert footer_of(blocks).startswith("Phase 5 of 7 · 20 of 31 steps · ")
+    assert footer_of(blocks).startswith("Phase 8 of 10 · 20 of 31 steps · ")
 
 
 def test_failed_hides_later_steps(config: Config):
@@ -244,13 +251,13 @@ def test_succeeded(config: Config):
     assert text == "v1.4.2 → production: deployed (31/31)"
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Deployed"
     assert actions_of(blocks) == []
-    assert len(phases) == 7
+    assert len(phases) == 10
     for phase in phases:
         assert phase.startswith(":white_check_mark: *"), phase
         assert "\n" not in phase, phase
-    assert " · 9/9 done · " in phases[1]
+    assert " · 5/5 done · " in phase_section(blocks, "Pre-deployment 3: Environment checks")
     assert footer_of(blocks) == (
-        f"Phase 7 of 7 · 31 of 31 steps · 12 min 30 s elapsed · approved by <@{APPROVER}>"
+        f"Phase 10 of 10 · 31 of 31 steps · 12 min 30 s elapsed · approved by <@{APPROVER}>"
     )
 
 
@@ -261,7 +268,8 @@ def test_succeeded_with_skipped_gate(config: Config):
 
     _, blocks = views.checklist_message(config, deployment, steps, [])
 
-    assert " · 3/4 done, 1 skipped · " in section_texts(blocks)[3]
+    preparation = phase_section(blocks, "Phase 2: Backup and preparation")
+    assert " · 3/4 done, 1 skipped · " in preparation
 
 
 # --- limits ----------------------------------------------------------------------------------
@@ -500,6 +508,11 @@ def finished_step(*, status: StepStatus = StepStatus.PASSED, **fields: Any) -> S
         finished_at=STARTED + timedelta(seconds=4.5),
         **fields,
     )
+
+
+def phase_section(blocks: list[dict[str, Any]], title: str) -> str:
+    """Return the section of the phase titled ``title``."""
+    return next(text for text in section_texts(blocks) if f"*{title}*" in text)
 
 
 def section_texts(blocks: list[dict[str, Any]]) -> list[str]:
