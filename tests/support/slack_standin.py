@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A Web API method added with `SlackStandIn.add_method`: (arguments, token) -> reply body.
+MethodHandler = Callable[[dict[str, Any], str], dict[str, Any]]
+
 API_PATH = "/api/"
 UPLOAD_PATH = "/upload/v1/"
 RESPONSE_URL_PATH = "/response/"
@@ -205,6 +208,7 @@ class SlackStandIn:
         self._channels: dict[str, dict[str, Any]] = {}
         self._usergroups: dict[str, dict[str, Any]] = {}
         self._rate_limits: dict[str, _RateLimit] = {}
+        self._added_methods: dict[str, MethodHandler] = {}
         self._responses: dict[str, list[dict[str, Any]]] = {}
         self._ts_sequence = itertools.count(1)
         self._id_sequence = itertools.count(1)
@@ -331,10 +335,24 @@ class SlackStandIn:
         `retry_after` is whole seconds, because slack-sdk's RateLimitErrorRetryHandler parses the
         header with int().
         """
-        if method not in _METHODS:
-            raise ValueError(f"unknown Web API method {method!r}; known: {sorted(_METHODS)}")
         with self._changed:
+            if method not in _METHODS and method not in self._added_methods:
+                known = sorted([*_METHODS, *self._added_methods])
+                raise ValueError(f"unknown Web API method {method!r}; known: {known}")
             self._rate_limits[method] = _RateLimit(remaining=count, retry_after=retry_after)
+
+    def add_method(self, method: str, handler: MethodHandler) -> None:
+        """Serve a Web API method that the stand-in does not implement with `handler`.
+
+        `handler(args, token)` gets the parsed arguments and the request's token, and returns
+        the reply body. It checks the token itself, because some methods take another kind of
+        token than the bot token (apps.connections.open takes an app-level `xapp-` token).
+        It runs with the stand-in's lock held. Its calls are recorded, and `rate_limit` applies.
+        """
+        if method in _METHODS:
+            raise ValueError(f"{method} is built into the stand-in and cannot be replaced")
+        with self._changed:
+            self._added_methods[method] = handler
 
     def response_url(self, name: str) -> str:
         """Return a loopback URL to pass as `response_url`.
@@ -500,13 +518,14 @@ class SlackStandIn:
         self, method: str, args: dict[str, Any], headers: dict[str, str]
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         spec = _METHODS.get(method)
-        if spec is None:
+        added = self._added_methods.get(method)
+        if spec is None and added is None:
             return 200, _error("unknown_method"), {}
 
         token = _bearer_token(headers) or args.get("token")
         if not token:
             return 200, _error("not_authed"), {}
-        if token != self.token:
+        if added is None and token != self.token:
             return 200, _error("invalid_auth"), {}
 
         limit = self._rate_limits.get(method)
@@ -514,6 +533,8 @@ class SlackStandIn:
             limit.remaining -= 1
             return 429, _error("ratelimited"), {"Retry-After": str(limit.retry_after)}
 
+        if added is not None:
+            return 200, added(args, token), {}
         missing = [name for name in spec.required if args.get(name) in (None, "")]
         if missing:
             return 200, _invalid_arguments(*(f"missing required field: {n}" for n in missing)), {}
