@@ -12,14 +12,11 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from commands import decisions, slash_commands
+from bot import views
+from commands import FORM_HANDLERS, button_handlers, slash_commands
 from commands.context import Reply, Request, Services
 
 logger = logging.getLogger(__name__)
-
-BUTTON_ACTIONS = re.compile(
-    "^(" + "|".join(re.escape(action) for action in decisions.DECISIONS) + ")$"
-)
 
 
 def build_app(services: Services, client: WebClient, signing_secret: str) -> App:
@@ -29,10 +26,10 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
         token_verification_enabled=False,
         raise_error_for_unhandled_request=False,
     )
+    commands = slash_commands(services.config)
+    buttons = button_handlers()
 
-    handlers = slash_commands(services.config)
-
-    @app.command(re.compile("^(" + "|".join(map(re.escape, handlers)) + ")$"))
+    @app.command(_exactly(commands))
     def on_command(ack: Ack, command: dict[str, Any]) -> None:
         request = Request(
             user_id=command["user_id"],
@@ -40,10 +37,10 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
             text=command.get("text", ""),
             command=command["command"],
         )
-        ack(**ack_arguments(handlers[command["command"]](services, request)))
+        ack(**ack_arguments(commands[command["command"]](services, request)))
 
-    @app.action(BUTTON_ACTIONS)
-    def on_decision(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond):
+    @app.action(_exactly(buttons))
+    def on_button(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond):
         ack()
         request = Request(
             user_id=body["user"]["id"],
@@ -51,8 +48,27 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
             text=action.get("value", ""),
             action_id=action["action_id"],
         )
-        reply = decisions.handle(services, request)
+        reply = buttons[action["action_id"]](services, request)
+        if reply.form is not None:
+            # A trigger_id is valid for 3 seconds, so the form opens on the request path.
+            client.views_open(trigger_id=body["trigger_id"], view=views.form_view(reply.form))
+            return
         respond(text=reply.text, response_type="ephemeral", replace_original=False)
+
+    @app.view(_exactly(FORM_HANDLERS))
+    def on_form(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        request = Request(
+            user_id=body["user"]["id"],
+            channel_id="",
+            text=view.get("private_metadata", ""),
+            action_id=view["callback_id"],
+            values=views.form_values(view),
+        )
+        reply = FORM_HANDLERS[view["callback_id"]](services, request)
+        if reply.errors:
+            ack(response_action="errors", errors=reply.errors)
+        else:
+            ack()
 
     @app.error
     def on_error(error: Exception, body: dict[str, Any]) -> None:
@@ -67,3 +83,7 @@ def ack_arguments(reply: Reply) -> dict[str, Any]:
         arguments["blocks"] = reply.blocks
     arguments["response_type"] = "in_channel" if reply.public else "ephemeral"
     return arguments
+
+
+def _exactly(names) -> re.Pattern:
+    return re.compile("^(" + "|".join(re.escape(name) for name in names) + ")$")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from bot.runtime import Runtime, Settings, build_runtime
-from commands import decisions, slash_commands
-from commands.context import Request
+from commands import FORM_HANDLERS, button_handlers, slash_commands
+from commands.context import Form, Request
 from commands.roles import StaticDirectory
 from storage import repository
 from storage.models import DeploymentStatus
@@ -24,7 +24,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_USER = "U0RELEASE"
 HELP = """Commands:
   /deploy <version> <environment>   start a deployment, e.g. /deploy v11.0.0 local
+  /predeploy <version> <env>        start one that pauses after each phase; then /tag,
+                                    /backup, /verify, ... /signoff run the next phase
+  /deploy-status, /deploy-log       where a deployment stands; its log as a file
   press N                           press button N of the latest message with buttons
+  submit TEXT                       fill in and submit the form a button opened
   as USER_ID                        act as another user, e.g. as U0APPROVER
   wait                              wait until every deployment waits for a person or ends
   status                            print the latest checklist of every deployment again
@@ -43,6 +47,7 @@ EMOJI = {
     ":no_entry:": "[rejected]",
     ":ballot_box_with_check:": "[ticked]",
     ":pause_button:": "[paused]",
+    ":bell:": "[reminder]",
 }
 
 
@@ -151,6 +156,7 @@ class ConsoleSession:
         self.port = port
         self.out = out
         self.user = user
+        self.form: Form | None = None  # the form a button opened, until submitted
 
     def execute(self, line: str) -> bool:
         """Carry out one typed line; return False when the session should end."""
@@ -170,6 +176,11 @@ class ConsoleSession:
             self.wait()
         elif word == "status":
             self.port.reprint()
+        elif word == "submit":
+            self._submit(rest.strip())
+        elif word == "cancel":
+            self.form = None
+            self._say("Form closed.")
         elif word.startswith("/"):
             self._command(word, rest)
         else:
@@ -211,7 +222,38 @@ class ConsoleSession:
             text=button.value,
             action_id=button.action_id,
         )
-        self._say(to_plain(decisions.handle(self.runtime.services, request).text))
+        reply = button_handlers()[button.action_id](self.runtime.services, request)
+        if reply.form is not None:
+            self.form = reply.form
+            labels = " | ".join(field.label for field in reply.form.fields)
+            self._say(
+                f"── form: {reply.form.title} ──\n{labels}\n"
+                "Type `submit TEXT` (separate several fields with ` | `), or `cancel`."
+            )
+            return
+        self._say(to_plain(reply.text))
+
+    def _submit(self, text: str) -> None:
+        form = self.form
+        if form is None:
+            self._say("No form is open. Press a button that asks for input first.")
+            return
+        parts = [part.strip() for part in text.split(" | ")] if text else []
+        values = {field.name: value for field, value in zip(form.fields, parts, strict=False)}
+        request = Request(
+            user_id=self.user,
+            channel_id="",
+            text=form.metadata,
+            action_id=form.callback_id,
+            values=values,
+        )
+        reply = FORM_HANDLERS[form.callback_id](self.runtime.services, request)
+        if reply.errors:
+            self._say("\n".join(f"{name}: {error}" for name, error in reply.errors.items()))
+            return
+        self.form = None
+        if reply.text:
+            self._say(to_plain(reply.text))
 
     def _switch_user(self, user: str) -> None:
         if not re.fullmatch(r"[UW][A-Z0-9]{2,20}", user):

@@ -337,6 +337,10 @@ class Notifier:
                 thread,
                 False,
             )
+        if message.kind == "reminder":
+            step = by_id[message.step_id]
+            text = views.reminder_message(self.config, deployment, step, sign_offs)
+            return channel, [text], thread, False
         if message.kind == "paused":
             text = views.paused_message(self.config, by_id[message.step_id])
             return channel, [text], thread, False

@@ -12,11 +12,14 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from engine.clock import Clock
+from engine.reminders import remind_pending_signoffs
 from engine.runner import Runner
 from storage import repository
 from storage.db import Database
 
 logger = logging.getLogger(__name__)
+
+REMINDER_CHECK_SECONDS = 60.0  # how often waiting sign-offs are checked for a due reminder
 
 
 class Worker:
@@ -48,6 +51,12 @@ class Worker:
             id="resume-stalled",
             next_run_time=self.clock.now(),
         )
+        self.scheduler.add_job(
+            self.remind,
+            "interval",
+            seconds=REMINDER_CHECK_SECONDS,
+            id="remind-signoffs",
+        )
         logger.info("Worker started with a sweep every %.0f s", self.sweep_seconds)
 
     def stop(self) -> None:
@@ -59,6 +68,10 @@ class Worker:
             args=[deployment_id],
             name=f"deployment-{deployment_id}",
         )
+
+    def remind(self) -> None:
+        for deployment_id in remind_pending_signoffs(self.db, self.runner.config, self.clock):
+            self.runner.observer.deployment_changed(deployment_id)
 
     def resume_stalled(self) -> None:
         with self.db.session() as session:

@@ -7,9 +7,10 @@ label) are kept here: finished phases collapse to one line and long text is cut 
 from datetime import datetime
 from typing import Any
 
-from commands import decisions
+from commands import decisions, signoff
+from commands.context import Form
 from commands.deploy_log import render_log
-from engine.config import Config
+from engine.config import SIGNOFF_SLOTS, Config
 from engine.runner import deployment_variables
 from engine.templates import MissingValue, render
 from storage.models import Deployment, DeploymentStatus, SignOff, StepRun, StepStatus
@@ -64,7 +65,7 @@ def checklist_message(
     for phase_steps in phases:
         blocks.append(_section(_phase_text(phase_steps)))
     if waiting is not None:
-        blocks += _waiting_blocks(config, deployment, waiting)
+        blocks += _waiting_blocks(config, deployment, waiting, sign_offs)
     elif deployment.status == DeploymentStatus.PAUSED:
         following = next((step for step in steps if step.status == StepStatus.PENDING), None)
         if following is not None:
@@ -130,6 +131,28 @@ def alert_message(deployment: Deployment, steps: list[StepRun], failed_step_id: 
     )
 
 
+def reminder_message(
+    config: Config, deployment: Deployment, step: StepRun, sign_offs: list[SignOff]
+) -> str:
+    """Name the sign-off slots still open and who may sign each."""
+    environment = config.environments[deployment.environment]
+    signed = {s.slot for s in sign_offs if s.step_id == step.step_id and s.slot}
+    open_slots = []
+    for slot, label, role in SIGNOFF_SLOTS:
+        if slot not in signed:
+            members = [_mention(member) for member in getattr(environment.roles, role)]
+            open_slots.append(f"*{label}* ({', '.join(members) or f'no {role} configured'})")
+    return (
+        f":bell: The final sign-off of deployment #{deployment.id} (`{deployment.version}` to "
+        f"`{deployment.environment}`) is waiting for {', '.join(open_slots)}. "
+        "Use the buttons on the checklist message."
+    )
+
+
+def _mention(member: str) -> str:
+    return member if member.startswith("@") else f"<@{member}>"
+
+
 def paused_message(config: Config, next_step: StepRun) -> str:
     phase = next(p for p in config.runbook.phases if p.id == next_step.phase_id)
     command = f"`{phase.command}`" if phase.command else "the next phase command"
@@ -166,6 +189,41 @@ def log_messages(
         f"{head}{f' ({index} of {total})' if total > 1 else ''}:\n```" + "\n".join(chunk) + "```"
         for index, chunk in enumerate(chunks, 1)
     ]
+
+
+def form_view(form: Form) -> dict[str, Any]:
+    """Return the Slack modal that shows ``form``."""
+    return {
+        "type": "modal",
+        "callback_id": form.callback_id,
+        "private_metadata": form.metadata,
+        "title": {"type": "plain_text", "text": _cut(form.title, 24)},
+        "submit": {"type": "plain_text", "text": _cut(form.submit, 24)},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": field.name,
+                "label": {"type": "plain_text", "text": field.label},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "value",
+                    "multiline": field.multiline,
+                    "max_length": field.max_length,
+                },
+            }
+            for field in form.fields
+        ],
+    }
+
+
+def form_values(view: dict[str, Any]) -> dict[str, str]:
+    """Return field -> text from a submitted modal drawn by form_view."""
+    values = view.get("state", {}).get("values", {})
+    return {
+        block_id: (actions.get("value") or {}).get("value") or ""
+        for block_id, actions in values.items()
+    }
 
 
 # --- pieces ----------------------------------------------------------------------------------
@@ -215,10 +273,14 @@ def _phase_text(steps: list[StepRun]) -> str:
     return _cut("\n".join(lines), SECTION_LIMIT)
 
 
-def _waiting_blocks(config: Config, deployment: Deployment, step: StepRun) -> list[dict]:
+def _waiting_blocks(
+    config: Config, deployment: Deployment, step: StepRun, sign_offs: list[SignOff]
+) -> list[dict]:
     definition = config.runbook.step(step.step_id)
     value = decisions.button_value(deployment.id, step.step_id)
-    if step.kind == "gate":
+    if step.kind == "signoff":
+        text, buttons = _final_signoff(definition.signoff.items, step, value, sign_offs)
+    elif step.kind == "gate":
         prompt = _render_prompt(definition.gate.prompt, config, deployment)
         text = (
             f":raised_hand: *{step.title}*\n{prompt}\nAn approver other than the requester decides."
@@ -241,6 +303,26 @@ def _waiting_blocks(config: Config, deployment: Deployment, step: StepRun) -> li
         _section(_cut(text, SECTION_LIMIT)),
         {"type": "actions", "block_id": f"decide-{step.step_id}"[:255], "elements": buttons},
     ]
+
+
+def _final_signoff(items, step: StepRun, value: str, sign_offs: list[SignOff]):
+    signed = {s.slot: s for s in sign_offs if s.step_id == step.step_id and s.slot}
+    count = sum(1 for slot, _, _ in SIGNOFF_SLOTS if slot in signed)
+    lines = [f":raised_hand: *{step.title}* · {count} of {len(SIGNOFF_SLOTS)} signed"]
+    lines += [f"• {item}" for item in items]
+    buttons = []
+    for slot, label, _ in SIGNOFF_SLOTS:
+        if slot in signed:
+            sign_off = signed[slot]
+            lines.append(
+                f":white_check_mark: {label}: <@{sign_off.user_id}> "
+                f"{_date_token(sign_off.decided_at)}"
+            )
+        else:
+            lines.append(f":white_circle: {label}: not signed")
+            buttons.append(_button(f"Sign: {label}", signoff.sign_action(slot), value, None, None))
+    buttons.append(_button("Reject", signoff.REJECT, value, "danger", None))
+    return "\n".join(lines), buttons
 
 
 def _render_prompt(prompt: str, config: Config, deployment: Deployment) -> str:

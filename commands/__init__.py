@@ -2,9 +2,9 @@
 
 from collections.abc import Callable
 
-from commands import deploy, deploy_log, phase, status
+from commands import decisions, deploy, deploy_log, phase, signoff, status
 from commands.context import Reply, Request, Services
-from engine.config import Config
+from engine.config import SIGNOFF_SLOTS, Config
 
 Handler = Callable[[Services, Request], Reply]
 
@@ -19,3 +19,15 @@ def slash_commands(config: Config) -> dict[str, Handler]:
     for command in config.runbook.phase_commands():
         handlers[command] = phase.handle
     return handlers
+
+
+def button_handlers() -> dict[str, Handler]:
+    """Return every button's action ID with its handler."""
+    handlers: dict[str, Handler] = {action: decisions.handle for action in decisions.DECISIONS}
+    handlers[signoff.REJECT] = signoff.reject
+    for slot, _, _ in SIGNOFF_SLOTS:
+        handlers[signoff.sign_action(slot)] = signoff.sign
+    return handlers
+
+
+FORM_HANDLERS: dict[str, Handler] = {signoff.REASON_FORM: signoff.submit_reason}

@@ -17,18 +17,45 @@ from storage.db import Database
 class Request:
     user_id: str
     channel_id: str
-    text: str = ""  # the slash command's text, or the pressed button's value
+    # The slash command's text, the pressed button's value, or a submitted form's metadata.
+    text: str = ""
     command: str = ""
-    action_id: str = ""
+    action_id: str = ""  # a button's action ID, or a form's callback ID
+    values: dict[str, str] = field(default_factory=dict)  # a submitted form: field -> text
+
+
+@dataclass(frozen=True)
+class FormField:
+    name: str
+    label: str
+    multiline: bool = False
+    max_length: int = 2000
+
+
+@dataclass(frozen=True)
+class Form:
+    """A form to show the user who acted (a Slack modal, or prompts in the console)."""
+
+    callback_id: str
+    title: str  # at most 24 characters, as Slack allows for a modal title
+    submit: str
+    fields: tuple[FormField, ...]
+    metadata: str = ""  # comes back as Request.text when the form is submitted
 
 
 @dataclass
 class Reply:
-    """An answer shown only to the user who acted, unless ``public`` is set."""
+    """An answer shown only to the user who acted, unless ``public`` is set.
+
+    ``form`` asks the user for input instead; ``errors`` (field -> message) rejects a
+    submitted form and keeps it open.
+    """
 
     text: str
     blocks: list[dict[str, Any]] | None = None
     public: bool = False
+    form: Form | None = None
+    errors: dict[str, str] | None = None
 
 
 class Worker(Protocol):

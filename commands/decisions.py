@@ -26,13 +26,8 @@ def button_value(deployment_id: int, step_id: str) -> str:
 
 def handle(services: Services, request: Request) -> Reply:
     decision = DECISIONS.get(request.action_id)
-    deployment_id, _, step_id = request.text.partition(":")
-    if decision is None or not deployment_id.isdigit() or not step_id:
-        return Reply(messages.stale_button())
-    with services.db.session() as session:
-        deployment = repository.get_deployment(session, int(deployment_id))
-        step = _step(session, int(deployment_id), step_id) if deployment else None
-    if deployment is None or step is None:
+    deployment, step, _ = find_step(services, request.text)
+    if decision is None or deployment is None or step is None or step.kind == "signoff":
         return Reply(messages.stale_button())
     environment = services.config.environments[deployment.environment]
 
@@ -43,6 +38,20 @@ def handle(services: Services, request: Request) -> Reply:
         _audit(services, request, deployment.id, step, decision, accepted=False)
         return Reply(rejection)
 
+    return store_decision(services, request, deployment, step, decision)
+
+
+def store_decision(
+    services: Services,
+    request: Request,
+    deployment,
+    step: StepRun,
+    decision: str,
+    *,
+    slot: str = "",
+    comment: str | None = None,
+) -> Reply:
+    """Store a decision on a waiting step, post it in the thread and let the run go on."""
     now = services.clock.now()
     try:
         with services.db.session() as session:
@@ -51,9 +60,11 @@ def handle(services: Services, request: Request) -> Reply:
                 SignOff(
                     deployment_id=deployment.id,
                     step_id=step.step_id,
+                    slot=slot,
                     decision=decision,
                     user_id=request.user_id,
                     decided_at=now,
+                    comment=comment,
                 ),
             )
             repository.audit(
@@ -63,6 +74,7 @@ def handle(services: Services, request: Request) -> Reply:
                 action="button",
                 deployment_id=deployment.id,
                 step=step.step_id,
+                slot=slot,
                 decision=decision,
             )
             repository.enqueue(
@@ -71,6 +83,7 @@ def handle(services: Services, request: Request) -> Reply:
                     deployment_id=deployment.id,
                     kind="decision",
                     step_id=step.step_id,
+                    text=slot or None,
                     created_at=now,
                 ),
             )
@@ -80,11 +93,28 @@ def handle(services: Services, request: Request) -> Reply:
         _audit(services, request, deployment.id, step, decision, accepted=False)
         return Reply(messages.already_decided(decided.sign_off, step.title))
     logger.info(
-        "Deployment %s: step %s %s by %s", deployment.id, step.step_id, decision, request.user_id
+        "Deployment %s: step %s %s%s by %s",
+        deployment.id,
+        step.step_id,
+        decision,
+        f" ({slot})" if slot else "",
+        request.user_id,
     )
     services.worker.submit(deployment.id)
     services.observer.deployment_changed(deployment.id)
     return Reply(messages.decision_recorded(decision, step.title))
+
+
+def find_step(services: Services, value: str):
+    """Return (deployment, step, rest) named by a button value ``id:step[:rest]``."""
+    deployment_id, _, remainder = value.partition(":")
+    step_id, _, rest = remainder.partition(":")
+    if not deployment_id.isdigit() or not step_id:
+        return None, None, ""
+    with services.db.session() as session:
+        deployment = repository.get_deployment(session, int(deployment_id))
+        step = _step(session, int(deployment_id), step_id) if deployment else None
+    return deployment, step, rest
 
 
 def _rejection(services: Services, request: Request, deployment, step: StepRun, environment):
@@ -109,7 +139,7 @@ def _rejection(services: Services, request: Request, deployment, step: StepRun, 
 def _status_rejection(services: Services, deployment_id: int, step: StepRun) -> str:
     with services.db.session() as session:
         for sign_off in repository.sign_offs_of(session, deployment_id):
-            if sign_off.step_id == step.step_id:
+            if sign_off.step_id == step.step_id and not sign_off.slot:
                 return messages.already_decided(sign_off, step.title)
     return messages.not_waiting(step.title, step.status.value)
 

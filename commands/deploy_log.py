@@ -6,7 +6,7 @@ from commands import messages
 from commands.context import Reply, Request, Services
 from commands.lookup import current_deployment, environment_of
 from commands.roles import has_role
-from engine.config import Config
+from engine.config import REJECTED_SLOT, SIGNOFF_SLOTS, Config
 from storage import repository
 from storage.models import AuditEvent, Deployment, OutboxMessage, SignOff, StepRun, StepStatus
 
@@ -72,12 +72,19 @@ def render_log(
     if ticks:
         people = ", ".join(sorted({s.user_id for s in ticks}))
         lines.append(f"- Manual checks ticked: {len(ticks)}, by {people}")
-    authorized = next((s for s in gate_decisions if s.decision == "approved"), None)
-    lines += [
-        f"- Deployed by: {deployment.requested_by}",
-        "- Validated by: not signed in gonogo",
-        f"- Authorized by: {authorized.user_id if authorized else 'not authorized'}",
-    ]
+    slots = {s.slot: s for s in sign_offs if s.slot}
+    for slot, label, _ in SIGNOFF_SLOTS:
+        signed = slots.get(slot)
+        if signed is None:
+            lines.append(f"- {label}: not signed")
+        else:
+            lines.append(f"- {label}: {signed.user_id} at {_time(signed.decided_at, date=True)}")
+    rejected = slots.get(REJECTED_SLOT)
+    if rejected is not None:
+        lines.append(
+            f"- Sign-off rejected by {rejected.user_id} at {_time(rejected.decided_at, date=True)}:"
+            f" {rejected.comment}"
+        )
     return "\n".join(lines)
 
 

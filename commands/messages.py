@@ -130,3 +130,14 @@ def deployment_ended(deployment: Deployment) -> str:
 def phase_started(command: str, deployment: Deployment, rerun: bool) -> str:
     verb = "Running again" if rerun else "Running"
     return f"{verb} `{command}` on {deployment_link(deployment)} of `{deployment.version}`."
+
+
+def authorizer_is_deployer(environment: str) -> str:
+    return (
+        f"In `{environment}` the person who signs *Deployed by* may not also sign "
+        "*Authorized by*. Another approver has to authorize."
+    )
+
+
+def reason_required() -> str:
+    return "Give the reason, so the team knows what to fix."

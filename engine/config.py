@@ -34,7 +34,7 @@ ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_]\w*)(?::-([^}]*))?\}")
 SLUG = r"^[a-z0-9][a-z0-9-]*$"
 COMMAND = r"^/[a-z][a-z0-9-]{0,30}$"
 # Commands gonogo defines itself, which no phase may take.
-RESERVED_COMMANDS = frozenset({"/deploy", "/deploy-status", "/deploy-log", "/signoff"})
+RESERVED_COMMANDS = frozenset({"/deploy", "/deploy-status", "/deploy-log"})
 
 # Variables the engine sets for every deployment; see engine.runner.deployment_variables.
 BUILTIN_VARIABLES = frozenset(
@@ -42,7 +42,14 @@ BUILTIN_VARIABLES = frozenset(
 )
 # backup_dir is derived from the backup_root setting, so it exists only where that does.
 BACKUP_DIR, BACKUP_ROOT = "backup_dir", "backup_root"
-STEP_KINDS = ("run", "probe", "manual", "notify", "wait", "gate")
+STEP_KINDS = ("run", "probe", "manual", "notify", "wait", "gate", "signoff")
+REJECTED_SLOT = "rejected"  # the slot a rejection of the final sign-off is stored under
+# The slots of a final sign-off: (slot, label, role whose members may sign it).
+SIGNOFF_SLOTS = (
+    ("deployed_by", "Deployed by", "deployers"),
+    ("validated_by", "Validated by", "validators"),
+    ("authorized_by", "Authorized by", "approvers"),
+)
 MAX_PHASES = 40
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
@@ -106,6 +113,12 @@ class GateSpec(Strict):
     prompt: StrictStr = ""
 
 
+class SignoffSpec(Strict):
+    """The final checklist, signed by a deployer, a validator and an approver."""
+
+    items: list[StrictStr] = []
+
+
 class Step(Strict):
     id: Annotated[StrictStr, Field(pattern=SLUG, max_length=60)]
     title: Annotated[StrictStr, Field(min_length=1, max_length=120)]
@@ -116,6 +129,7 @@ class Step(Strict):
     notify: NotifySpec | None = None
     wait: WaitSpec | None = None
     gate: GateSpec | None = None
+    signoff: SignoffSpec | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
@@ -215,7 +229,6 @@ class Runbook(Strict):
     contacts: list[StrictStr] = []  # roles whose contact every environment fills in
     escalation: list[StrictStr] = []
     decision_matrix: list[Decision] = []
-    final_checklist: list[StrictStr] = []
     deployment_log: DeploymentLogFields = DeploymentLogFields()
 
     @field_validator("version_pattern")
@@ -311,6 +324,7 @@ class Roles(Strict):
 
     deployers: list[StrictStr] = []
     approvers: list[StrictStr] = []
+    validators: list[StrictStr] = []
 
 
 class Environment(Strict):
@@ -320,6 +334,8 @@ class Environment(Strict):
     notify_channels: dict[StrictStr, StrictStr] = {}
     roles: Roles = Roles()
     require_approval: bool = True
+    separate_authorizer: bool = True  # the final sign-off's authorizer may not be its deployer
+    signoff_reminder_minutes: Annotated[int, Field(ge=1, le=1440)] = 30
     ssh: SshSettings | None = None
     hosts: dict[StrictStr, Annotated[list[StrictStr], Field(min_length=1)]]
     path_prepend: list[StrictStr] = []  # directories put in front of PATH for every command
@@ -409,8 +425,8 @@ def step_texts(step: Step) -> list[tuple[str, str]]:
         texts.append(("notify.text", spec.text))
     elif isinstance(spec, GateSpec):
         texts.append(("gate.prompt", spec.prompt))
-    elif isinstance(spec, ManualSpec):
-        texts += [(f"manual.items[{index}]", item) for index, item in enumerate(spec.items)]
+    elif isinstance(spec, ManualSpec | SignoffSpec):
+        texts += [(f"{step.kind}.items[{index}]", item) for index, item in enumerate(spec.items)]
     return texts
 
 

@@ -15,7 +15,16 @@ from typing import Any, Protocol
 import httpx
 
 from engine.clock import Clock
-from engine.config import Config, Environment, ProbeSpec, Runbook, RunSpec, Step
+from engine.config import (
+    REJECTED_SLOT,
+    SIGNOFF_SLOTS,
+    Config,
+    Environment,
+    ProbeSpec,
+    Runbook,
+    RunSpec,
+    Step,
+)
 from engine.hosts import run_command
 from engine.probes import ProbeRequest, run_probe
 from engine.templates import Masker, MissingValue, render, render_data, render_shell
@@ -180,6 +189,8 @@ class Runner:
         environment = self.config.environments[deployment.environment]
         definition = self.config.runbook.step(step.step_id)
         now = self.clock.now()
+        if step.status == StepStatus.WAITING and step.kind == "signoff":
+            return self._check_final_signoff(session, deployment, step)
         if step.status == StepStatus.WAITING:
             sign_off = _sign_off_for(session, deployment.id, step.step_id)
             if sign_off is None:
@@ -197,7 +208,7 @@ class Runner:
                 error=reason,
             )
             return _CONTINUE
-        if step.kind in ("manual", "gate") or step.manual_reason:
+        if step.kind in ("manual", "gate", "signoff") or step.manual_reason:
             repository.update_step(session, step, status=StepStatus.WAITING, started_at=now)
             deployment.status = DeploymentStatus.WAITING
             deployment.updated_at = now
@@ -220,6 +231,39 @@ class Runner:
         )
         values = deployment_variables(deployment, environment)
         return lambda: self._execute(deployment.id, step.id, definition, environment, values)
+
+    def _check_final_signoff(self, session, deployment: Deployment, step: StepRun):
+        """Pass the final sign-off once every slot is signed; fail it on a rejection."""
+        signed = {
+            sign_off.slot: sign_off
+            for sign_off in repository.sign_offs_of(session, deployment.id)
+            if sign_off.step_id == step.step_id and sign_off.slot
+        }
+        rejection = signed.get(REJECTED_SLOT)
+        if rejection is not None:
+            error = f"sign-off rejected by {rejection.user_id}: {rejection.comment}"
+            repository.update_step(
+                session,
+                step,
+                status=StepStatus.FAILED,
+                finished_at=rejection.decided_at,
+                error=error,
+            )
+            self._finish(
+                session,
+                deployment,
+                DeploymentStatus.FAILED,
+                error=f"{step.title}: {error}",
+                failed_step=step.step_id,
+            )
+            return None
+        if any(slot not in signed for slot, _, _ in SIGNOFF_SLOTS):
+            deployment.status = DeploymentStatus.WAITING  # a decision woke it, others remain
+            return None
+        last = max(sign_off.decided_at for sign_off in signed.values())
+        repository.update_step(session, step, status=StepStatus.PASSED, finished_at=last)
+        deployment.status = DeploymentStatus.RUNNING
+        return _CONTINUE
 
     def _apply_sign_off(
         self, session, deployment: Deployment, step: StepRun, sign_off: SignOff
@@ -520,7 +564,7 @@ _CONTINUE: Callable[[], None] = lambda: None  # noqa: E731  (a marker: go on wit
 
 def _sign_off_for(session, deployment_id: int, step_id: str) -> SignOff | None:
     for sign_off in repository.sign_offs_of(session, deployment_id):
-        if sign_off.step_id == step_id:
+        if sign_off.step_id == step_id and not sign_off.slot:
             return sign_off
     return None
 

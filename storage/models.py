@@ -44,6 +44,16 @@ class StepStatus(StrEnum):
         return self not in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING)
 
 
+# Named constraints let later migrations drop or change them on every database.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 def _enum_column(enum: type[StrEnum]) -> Enum:
     # Stored as plain text, so adding a state later needs no ALTER TYPE on PostgreSQL.
     return Enum(
@@ -105,18 +115,23 @@ class StepRun(SQLModel, table=True):
     output_tail: str | None = Field(default=None, sa_column=Column(Text))
     error: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
+    reminded_at: datetime | None = None  # last reminder about a pending sign-off
 
 
 class SignOff(SQLModel, table=True):
-    """A person's decision on a gate or manual check; the first press wins."""
+    """A person's decision on a gate, a manual check or a slot of the final sign-off.
+
+    The first press on a slot wins. Gates and manual checks use the empty slot.
+    """
 
     __tablename__ = "sign_offs"
-    __table_args__ = (UniqueConstraint("deployment_id", "step_id"),)
+    __table_args__ = (UniqueConstraint("deployment_id", "step_id", "slot"),)
 
     id: int | None = Field(default=None, primary_key=True)
     deployment_id: int = Field(foreign_key="deployments.id", index=True)
     step_id: str
-    decision: str  # approved, rejected or done
+    slot: str = ""  # deployed_by, validated_by, authorized_by or rejected on a final sign-off
+    decision: str  # approved, rejected, done or signed
     user_id: str
     decided_at: datetime
     comment: str | None = None

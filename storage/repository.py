@@ -352,6 +352,28 @@ def update_step(session: Session, step: StepRun, **values: Any) -> StepRun:
     return step
 
 
+def waiting_steps(session: Session, kind: str) -> list[tuple[Deployment, StepRun]]:
+    statement = (
+        select(Deployment, StepRun)
+        .join(StepRun, col(StepRun.deployment_id) == col(Deployment.id))
+        .where(col(StepRun.kind) == kind, col(StepRun.status) == StepStatus.WAITING)
+    )
+    return list(session.exec(statement))
+
+
+def claim_reminder(session: Session, step_run_id: int, now: datetime, interval: timedelta) -> bool:
+    """Record a reminder for a waiting step unless one was recorded within ``interval``."""
+    result = session.execute(
+        update(StepRun)
+        .where(
+            col(StepRun.id) == step_run_id,
+            or_(col(StepRun.reminded_at).is_(None), col(StepRun.reminded_at) <= now - interval),
+        )
+        .values(reminded_at=now)
+    )
+    return result.rowcount == 1
+
+
 def mark_not_run(session: Session, deployment_id: int) -> None:
     session.execute(
         update(StepRun)

@@ -31,7 +31,7 @@ def test_shipped_files_load():
 
     assert config.runbook.name == "vvb-v11"
     assert set(config.environments) == {"staging", "production", "local"}
-    assert len(config.runbook.phases) == 10
+    assert len(config.runbook.phases) == 11
 
 
 def test_shipped_environments_expand_defaults():

@@ -54,6 +54,7 @@ def test_console_deploys_sample(console_env):
     script += "press 1\nwait\n" * CHECKS_BEFORE_GATE
     script += "press 1\nas U0APPROVER\npress 1\nwait\nas U0RELEASE\n"
     script += "press 1\nwait\n" * CHECKS_AFTER_GATE
+    script += "press 1\nwait\nas U0VALIDATOR\npress 1\nwait\nas U0APPROVER\npress 1\nwait\n"
     output = run_console(console_env, script)
 
     assert "Started deployment #1" in output

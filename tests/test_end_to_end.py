@@ -31,6 +31,12 @@ from tests.support.sshd import SshServer
 SIGNING_SECRET = "e2e-signing-secret"
 REQUESTER = "U0RELEASE"
 APPROVER = "U0APPROVER"
+VALIDATOR = "U0VALIDATOR"
+SIGNERS = {  # who presses each slot of the final sign-off
+    "signoff.sign.deployed_by": REQUESTER,
+    "signoff.sign.validated_by": VALIDATOR,
+    "signoff.sign.authorized_by": APPROVER,
+}
 CHANNEL = "C0PRODUCTION"
 TEST_TOKEN = "e2e-api-token-7f3a"
 SEED_ROWS = 3
@@ -92,7 +98,11 @@ def write_environments(path: Path, site, sshd) -> Path:
             "production": {
                 "channel": CHANNEL,
                 "notify_channels": {"operations": "C0OPERATIONS", "validators": "C0VALIDATORS"},
-                "roles": {"deployers": [REQUESTER], "approvers": ["@release-approvers"]},
+                "roles": {
+                    "deployers": [REQUESTER],
+                    "approvers": ["@release-approvers"],
+                    "validators": [VALIDATOR],
+                },
                 "require_approval": True,
                 "ssh": {
                     "user": sshd.user,
@@ -177,7 +187,10 @@ def drive_until_finished(slack, requester: SlackRequester, server: GonogoServer)
             return refusals
         current = buttons(message) if message else []
         fresh = [
-            button for button in current if button["value"] + button["action_id"] not in pressed
+            button
+            for button in current
+            if button["value"] + button["action_id"] not in pressed
+            and button["action_id"] != "signoff.reject"  # the happy path signs; it never rejects
         ]
         if not fresh:
             time.sleep(0.1)
@@ -190,7 +203,7 @@ def drive_until_finished(slack, requester: SlackRequester, server: GonogoServer)
             press(slack, requester, message, button, APPROVER)
             pressed.add(button["value"] + "gate.reject")
         else:
-            press(slack, requester, message, button, REQUESTER)
+            press(slack, requester, message, button, SIGNERS.get(button["action_id"], REQUESTER))
         pressed.add(button["value"] + button["action_id"])
     raise AssertionError(f"the deployment did not finish in time:\n{server.tail()}")
 

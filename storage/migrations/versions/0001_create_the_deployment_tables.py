@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-04 15:56:07.843198
+Create Date: 2026-12-04 16:13:09.831930
 """
 
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("action", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=True),
-        sa.PrimaryKeyConstraint("id"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_events")),
     )
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.create_index(
@@ -43,6 +43,7 @@ def upgrade() -> None:
                 "pending",
                 "running",
                 "waiting",
+                "paused",
                 "succeeded",
                 "failed",
                 "rejected",
@@ -59,6 +60,7 @@ def upgrade() -> None:
         sa.Column("message_claimed_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("message_claimed_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("variables", sa.JSON(), nullable=True),
+        sa.Column("target_position", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("started_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
@@ -67,7 +69,7 @@ def upgrade() -> None:
         sa.Column("lease_owner", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("lease_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("wake_seq", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_deployments")),
     )
     with op.batch_alter_table("deployments", schema=None) as batch_op:
         batch_op.create_index(
@@ -82,8 +84,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["deployment_id"],
             ["deployments.id"],
+            name=op.f("fk_environment_locks_deployment_id_deployments"),
         ),
-        sa.PrimaryKeyConstraint("environment"),
+        sa.PrimaryKeyConstraint("environment", name=op.f("pk_environment_locks")),
     )
     op.create_table(
         "outbox",
@@ -100,10 +103,9 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["deployment_id"],
-            ["deployments.id"],
+            ["deployment_id"], ["deployments.id"], name=op.f("fk_outbox_deployment_id_deployments")
         ),
-        sa.PrimaryKeyConstraint("id"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
     )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index(
@@ -115,6 +117,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("deployment_id", sa.Integer(), nullable=False),
         sa.Column("step_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("slot", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("decision", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("user_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("decided_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -122,9 +125,12 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["deployment_id"],
             ["deployments.id"],
+            name=op.f("fk_sign_offs_deployment_id_deployments"),
         ),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("deployment_id", "step_id"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_sign_offs")),
+        sa.UniqueConstraint(
+            "deployment_id", "step_id", "slot", name=op.f("uq_sign_offs_deployment_id_step_id_slot")
+        ),
     )
     with op.batch_alter_table("sign_offs", schema=None) as batch_op:
         batch_op.create_index(
@@ -165,12 +171,16 @@ def upgrade() -> None:
         sa.Column("output_tail", sa.Text(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("reminded_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["deployment_id"],
             ["deployments.id"],
+            name=op.f("fk_step_runs_deployment_id_deployments"),
         ),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("deployment_id", "step_id"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_step_runs")),
+        sa.UniqueConstraint(
+            "deployment_id", "step_id", name=op.f("uq_step_runs_deployment_id_step_id")
+        ),
     )
     with op.batch_alter_table("step_runs", schema=None) as batch_op:
         batch_op.create_index(
