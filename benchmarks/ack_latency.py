@@ -132,6 +132,7 @@ def main() -> None:
             "GONOGO_ENVIRONMENTS": str(environments),
             "GONOGO_RUNBOOK": str(PROJECT_DIR / "runbooks" / "vvb-v11.yml"),
             "GONOGO_HOME": str(directory / "home"),
+            "BENCHMARK_TOKEN": "benchmark-token",
         }
 
         env["DATABASE_URL"] = f"sqlite:///{directory / 'gunicorn.db'}"

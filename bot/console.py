@@ -27,6 +27,7 @@ HELP = """Commands:
   /predeploy <version> <env>        start one that pauses after each phase; then /tag,
                                     /backup, /verify, ... /signoff run the next phase
   /deploy-status, /deploy-log       where a deployment stands; its log as a file
+  /deploy-cancel [environment]      end the active deployment after its running step
   press N                           press button N of the latest message with buttons
   submit TEXT                       fill in and submit the form a button opened
   as USER_ID                        act as another user, e.g. as U0APPROVER
@@ -48,6 +49,7 @@ EMOJI = {
     ":ballot_box_with_check:": "[ticked]",
     ":pause_button:": "[paused]",
     ":bell:": "[reminder]",
+    ":octagonal_sign:": "[cancelled]",
 }
 
 
@@ -88,7 +90,9 @@ class ConsolePort:
             self.checklists[ts] = (channel, blocks or [])
             has_buttons = any(block["type"] == "actions" for block in blocks or [])
             finished = (
-                to_plain(text).split(": ", 1)[-1].startswith(("deployed", "failed", "rejected"))
+                to_plain(text)
+                .split(": ", 1)[-1]
+                .startswith(("deployed", "failed", "rejected", "cancelled"))
             )
             if has_buttons or finished:
                 if before is None or before[1] != blocks:

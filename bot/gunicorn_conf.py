@@ -17,5 +17,10 @@ def on_starting(server) -> None:
     from storage.db import Database
 
     settings = Settings.from_environ()
+    if not settings.bot_token or not settings.signing_secret:
+        # Stop here: workers that cannot start would be restarted by gunicorn without end.
+        from bot.web import MISSING_CREDENTIALS
+
+        raise SystemExit(MISSING_CREDENTIALS)
     settings.load_config()
     Database(settings.database_url).migrate()

@@ -3,8 +3,10 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from bot.runtime import Settings
+from engine.runner import missing_secrets
 from engine.yamlfile import ConfigError
 
 
@@ -55,7 +57,23 @@ def check(settings: Settings) -> int:
         f"{len(config.runbook.phases)} phases, {len(steps)} steps"
     )
     print(f"{settings.environments_file}: environments {', '.join(config.environments)}")
+    for warning in runtime_warnings(config):
+        print(f"warning: {warning}")
     return 0
+
+
+def runtime_warnings(config) -> list[str]:
+    """Return what this host lacks to run each environment: secrets, SSH key and known_hosts."""
+    warnings = []
+    for name, environment in config.environments.items():
+        for secret, variable in missing_secrets(config.runbook, environment):
+            warnings.append(f"environment {name}: secret {secret} needs {variable}, which is unset")
+        if environment.ssh is not None:
+            for key in ("key_file", "known_hosts"):
+                path = Path(getattr(environment.ssh, key)).expanduser()
+                if not path.is_file():
+                    warnings.append(f"environment {name}: ssh.{key} {path} does not exist")
+    return warnings
 
 
 if __name__ == "__main__":

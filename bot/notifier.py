@@ -337,6 +337,8 @@ class Notifier:
                 thread,
                 False,
             )
+        if message.kind == "cancelled":
+            return channel, [views.cancelled_message(deployment, steps)], thread, False
         if message.kind == "reminder":
             step = by_id[message.step_id]
             text = views.reminder_message(self.config, deployment, step, sign_offs)

@@ -13,11 +13,14 @@ from commands.context import Directory, Services
 from engine.config import Config, load_config
 from engine.runner import Runner, secret_values
 from engine.templates import Masker
+from storage import repository
 from storage.db import Database, default_url
+from storage.models import DeploymentStatus
 
 logger = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+OPEN_STATUSES = [status for status in DeploymentStatus if not status.finished]
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,14 @@ class Runtime:
     def start(self) -> None:
         self.notifier.start()
         self.worker.start()
+        # Redraw what is still open, so buttons work again after a restart.
+        with self.services.db.session() as session:
+            open_ids = [
+                deployment.id
+                for deployment in repository.deployments_with_status(session, OPEN_STATUSES)
+            ]
+        for deployment_id in open_ids:
+            self.notifier.deployment_changed(deployment_id)
 
     def stop(self) -> None:
         self.worker.stop()

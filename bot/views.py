@@ -37,6 +37,7 @@ DEPLOYMENT_WORDS = {
     DeploymentStatus.SUCCEEDED: "Deployed",
     DeploymentStatus.FAILED: "Failed",
     DeploymentStatus.REJECTED: "Rejected",
+    DeploymentStatus.CANCELLED: "Cancelled",
 }
 
 
@@ -64,7 +65,18 @@ def checklist_message(
     phases = _phases(steps)
     for phase_steps in phases:
         blocks.append(_section(_phase_text(phase_steps)))
-    if waiting is not None:
+    decided = next(
+        (
+            s
+            for s in sign_offs
+            if waiting is not None and s.step_id == waiting.step_id and not s.slot
+        ),
+        None,
+    )
+    if decided is not None:
+        # The decision is stored and the worker is about to move on: no buttons to press.
+        blocks.append(_section(f"{decision_message(decided, waiting)}; continuing…"))
+    elif waiting is not None:
         blocks += _waiting_blocks(config, deployment, waiting, sign_offs)
     elif deployment.status == DeploymentStatus.PAUSED:
         following = next((step for step in steps if step.status == StepStatus.PENDING), None)
@@ -128,6 +140,14 @@ def alert_message(deployment: Deployment, steps: list[StepRun], failed_step_id: 
         f"`{deployment.version}` to `{deployment.environment}` halted at {where}{because}. "
         f"{not_run} later step(s) were not run.",
         MESSAGE_TEXT_LIMIT,
+    )
+
+
+def cancelled_message(deployment: Deployment, steps: list[StepRun]) -> str:
+    not_run = sum(1 for step in steps if step.status == StepStatus.NOT_RUN)
+    return (
+        f":octagonal_sign: <@{deployment.cancel_requested_by}> cancelled deployment "
+        f"#{deployment.id}; {not_run} step(s) were not run."
     )
 
 

@@ -13,6 +13,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from bot.app import build_app
 from bot.runtime import Settings, build_runtime
 from bot.slack_port import SlackDirectory, WebApiPort, web_client
+from bot.web import MISSING_CREDENTIALS
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +23,7 @@ EVENTS_PATH = "/slack/events"
 def create_application(settings: Settings | None = None):
     settings = settings or Settings.from_environ()
     if not settings.bot_token or not settings.signing_secret:
-        raise SystemExit(
-            "The web process needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET; "
-            "without them run `gonogo` for a console session."
-        )
+        raise SystemExit(MISSING_CREDENTIALS)
     client = web_client(settings.bot_token, settings.api_url)
     runtime = build_runtime(settings, WebApiPort(client), SlackDirectory(client))
     slack_handler = SlackRequestHandler(

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from commands import decisions, deploy, deploy_log, phase, signoff, status
+from commands import cancel, decisions, deploy, deploy_log, phase, signoff, status
 from commands.context import Reply, Request, Services
 from engine.config import SIGNOFF_SLOTS, Config
 
@@ -15,6 +15,7 @@ def slash_commands(config: Config) -> dict[str, Handler]:
         "/deploy": deploy.handle,
         "/deploy-status": status.handle,
         "/deploy-log": deploy_log.handle,
+        "/deploy-cancel": cancel.handle,
     }
     for command in config.runbook.phase_commands():
         handlers[command] = phase.handle

@@ -27,7 +27,11 @@ def button_value(deployment_id: int, step_id: str) -> str:
 def handle(services: Services, request: Request) -> Reply:
     decision = DECISIONS.get(request.action_id)
     deployment, step, _ = find_step(services, request.text)
-    if decision is None or deployment is None or step is None or step.kind == "signoff":
+    if decision is None or deployment is None or step is None:
+        return Reply(messages.stale_button())
+    # A button only decides the kind of step it is drawn for: Approve never ticks a check.
+    expected_kind = "check" if request.action_id == DONE else "gate"
+    if _button_kind(step) != expected_kind:
         return Reply(messages.stale_button())
     environment = services.config.environments[deployment.environment]
 
@@ -115,6 +119,14 @@ def find_step(services: Services, value: str):
         deployment = repository.get_deployment(session, int(deployment_id))
         step = _step(session, int(deployment_id), step_id) if deployment else None
     return deployment, step, rest
+
+
+def _button_kind(step: StepRun) -> str:
+    if step.kind == "gate":
+        return "gate"
+    if step.kind == "manual" or step.manual_reason:
+        return "check"
+    return "none"
 
 
 def _rejection(services: Services, request: Request, deployment, step: StepRun, environment):

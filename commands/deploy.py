@@ -6,7 +6,7 @@ import re
 from commands import messages
 from commands.context import Reply, Request, Services
 from commands.roles import has_role
-from engine.runner import backup_location, plan_steps
+from engine.runner import backup_location, missing_secrets, plan_steps
 from storage import repository
 from storage.models import Deployment
 
@@ -40,6 +40,10 @@ def start(
     if not has_role(services.directory, environment, "deployers", request.user_id):
         _audit_rejection(services, request, "deployers")
         return Reply(messages.role_needed("deployer", environment_name, "deploy"))
+    missing = missing_secrets(config.runbook, environment)
+    if missing:
+        _audit_rejection(services, request, "secrets missing")
+        return Reply(messages.secrets_missing(environment_name, missing))
 
     now = services.clock.now()
     deployment = Deployment(

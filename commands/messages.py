@@ -141,3 +141,22 @@ def authorizer_is_deployer(environment: str) -> str:
 
 def reason_required() -> str:
     return "Give the reason, so the team knows what to fix."
+
+
+def nothing_to_cancel(environment: str) -> str:
+    return f"`{environment}` has no active deployment, so there is nothing to cancel."
+
+
+def cancel_requested(deployment: Deployment) -> str:
+    return (
+        f"Cancelling {deployment_link(deployment)} of `{deployment.version}`. A step that is "
+        "running finishes first; no later step runs."
+    )
+
+
+def secrets_missing(environment: str, missing: list[tuple[str, str]]) -> str:
+    names = ", ".join(f"`{secret}` (`{variable}`)" for secret, variable in missing)
+    return (
+        f"`{environment}` needs secrets that are not set where gonogo runs: {names}. "
+        "Set those environment variables for gonogo and restart it; nothing was started."
+    )

@@ -54,7 +54,8 @@ def handle(services: Services, request: Request) -> Reply:
 
 
 def _rejection(services, command, deployment: Deployment, steps, phase_ids) -> str | None:
-    if deployment.status in (DeploymentStatus.SUCCEEDED, DeploymentStatus.REJECTED):
+    ended = (DeploymentStatus.SUCCEEDED, DeploymentStatus.REJECTED, DeploymentStatus.CANCELLED)
+    if deployment.status in ended:
         return messages.deployment_ended(deployment)
     earlier = _unfinished_earlier_commands(services, steps, phase_ids)
     if earlier:

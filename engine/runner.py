@@ -24,6 +24,8 @@ from engine.config import (
     Runbook,
     RunSpec,
     Step,
+    placeholders,
+    step_texts,
 )
 from engine.hosts import run_command
 from engine.probes import ProbeRequest, run_probe
@@ -104,6 +106,22 @@ def deployment_variables(deployment: Deployment, environment: Environment) -> di
     return values
 
 
+def missing_secrets(runbook: Runbook, environment: Environment) -> list[tuple[str, str]]:
+    """Return (secret, environment variable) for each secret the phases use that is unset."""
+    used = {
+        name.removeprefix("secrets.")
+        for _, step in runbook.steps()
+        for _, text in step_texts(step)
+        for name in placeholders(text)
+        if name.startswith("secrets.")
+    }
+    return [
+        (name, environment.secrets[name])
+        for name in sorted(used)
+        if name in environment.secrets and not os.environ.get(environment.secrets[name])
+    ]
+
+
 def secret_values(environment: Environment) -> dict[str, str]:
     return {name: os.environ.get(variable, "") for name, variable in environment.secrets.items()}
 
@@ -156,6 +174,15 @@ class Runner:
             with self.db.session() as session:
                 deployment = repository.get_deployment(session, deployment_id)
                 if deployment is None or deployment.status.finished:
+                    return
+                if deployment.cancel_requested_by:
+                    self._finish(
+                        session,
+                        deployment,
+                        DeploymentStatus.CANCELLED,
+                        error=f"cancelled by {deployment.cancel_requested_by}",
+                    )
+                    self._commit_and_notify(session, deployment_id)
                     return
                 steps = repository.steps_of(session, deployment_id)
                 step = next((row for row in steps if not row.status.finished), None)
@@ -456,6 +483,11 @@ class Runner:
         deployment.error = error
         repository.mark_not_run(session, deployment.id)
         repository.release_environment(session, deployment)
+        if status == DeploymentStatus.CANCELLED:
+            repository.enqueue(
+                session,
+                OutboxMessage(deployment_id=deployment.id, kind="cancelled", created_at=now),
+            )
         if status == DeploymentStatus.FAILED:
             repository.enqueue(
                 session,

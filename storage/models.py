@@ -19,6 +19,7 @@ class DeploymentStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REJECTED = "rejected"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
@@ -26,7 +27,12 @@ class DeploymentStatus(StrEnum):
 
 
 FINISHED_DEPLOYMENT = frozenset(
-    {DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.REJECTED}
+    {
+        DeploymentStatus.SUCCEEDED,
+        DeploymentStatus.FAILED,
+        DeploymentStatus.REJECTED,
+        DeploymentStatus.CANCELLED,
+    }
 )
 
 
@@ -83,6 +89,7 @@ class Deployment(SQLModel, table=True):
     variables: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     # The run stops after the step at this position; None runs the whole runbook.
     target_position: int | None = None
+    cancel_requested_by: str | None = None  # the worker ends the run after its current step
     error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime
     started_at: datetime | None = None

@@ -59,3 +59,18 @@ def test_web_without_credentials_explains(tmp_path):
 
     assert completed.returncode != 0
     assert "SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET" in completed.stderr
+
+
+def test_web_command_without_credentials(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLACK_")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "bot.main", "web"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_DIR,
+        env=env | {"GONOGO_HOME": str(tmp_path)},
+        timeout=60,
+    )
+
+    assert completed.returncode == 2
+    assert "needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET" in completed.stdout

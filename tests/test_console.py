@@ -79,3 +79,14 @@ def test_console_rejects_bad_input(console_env):
     assert "`nobody` is not a Slack user ID" in output
     assert "Unknown input `hello`" in output
     assert "Started deployment" not in output
+
+
+def test_console_redraws_after_restart(console_env):
+    first = run_console(console_env, "/deploy v11.0.0 local\nwait\n")
+    second = run_console(console_env, "wait\npress 1\nwait\n/deploy-cancel local\nwait\n")
+
+    assert "Waiting for a check" in first
+    assert "Waiting for a check" in second  # the open checklist is drawn again on start
+    assert "Recorded: *Code review* done." in second
+    assert "Cancelling deployment #1" in second
+    assert "== v11.0.0 → local: Cancelled ==" in second

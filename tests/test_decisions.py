@@ -205,3 +205,65 @@ def test_version_is_not_shell_evaluated(tmp_path, services):
 
     assert "does not match" in reply.text
     assert not marker.exists()
+
+
+def test_done_button_cannot_approve_gate(services):
+    start(services)
+    reply = press(services, decisions.DONE, APPROVER)
+    deployment, steps = state(services)
+
+    assert "no longer exists" in reply
+    assert steps["go-no-go"].status == StepStatus.WAITING
+    assert deployment.status == DeploymentStatus.WAITING
+
+
+SECRET_RUNBOOK = """\
+name: secret
+title: Uses a secret
+phases:
+  - id: smoke
+    title: Smoke
+    steps:
+      - id: call-api
+        title: Call the API
+        probe:
+          url: http://127.0.0.1:9/
+          headers:
+            Authorization: 'Bearer {{ secrets.token }}'
+"""
+
+SECRET_ENVIRONMENTS = """\
+environments:
+  production:
+    channel: C0PRODUCTION
+    roles:
+      deployers: [U0RELEASE]
+    hosts:
+      app: [local]
+    secrets:
+      token: GONOGO_TEST_UNSET_TOKEN
+"""
+
+
+def test_deploy_needs_its_secrets(tmp_path, monkeypatch):
+    monkeypatch.delenv("GONOGO_TEST_UNSET_TOKEN", raising=False)
+    (tmp_path / "runbook.yml").write_text(SECRET_RUNBOOK)
+    (tmp_path / "environments.yml").write_text(SECRET_ENVIRONMENTS)
+    config = load_config(tmp_path / "runbook.yml", tmp_path / "environments.yml")
+    db = Database(f"sqlite:///{tmp_path / 'gonogo.db'}")
+    db.migrate()
+    services = Services(
+        config=config,
+        db=db,
+        worker=InlineWorker(Runner(db, config, owner="test")),
+        directory=StaticDirectory(),
+        observer=NoObserver(),
+    )
+    reply = start(services)
+    with db.session() as session:
+        active = repository.active_deployment(session, "production")
+    db.dispose()
+
+    assert "`token` (`GONOGO_TEST_UNSET_TOKEN`)" in reply.text
+    assert "nothing was started" in reply.text
+    assert active is None

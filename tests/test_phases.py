@@ -243,3 +243,40 @@ def test_manifests_list_every_command():
         manifest = yaml.safe_load((PROJECT_DIR / "slack" / name).read_text())
         listed = {entry["command"] for entry in manifest["features"]["slash_commands"]}
         assert listed == expected, name
+
+
+def test_cancel_paused_deployment(services):
+    command(services, "/prepare", "v2.0.0 production")
+    reply = command(services, "/deploy-cancel", user="U0APPROVER")
+    deployment, steps, actions = state(services)
+    another = command(services, "/deploy", "v2.0.1 production")
+
+    assert reply.startswith("Cancelling deployment #1")
+    assert deployment.status == DeploymentStatus.CANCELLED
+    assert deployment.error == "cancelled by U0APPROVER"
+    assert steps["ship-it"] == StepStatus.NOT_RUN
+    assert "deployment.finished" in actions
+    assert "Started deployment #2" in another
+
+
+def test_cancel_without_active_deployment(services):
+    reply = command(services, "/deploy-cancel", "production")
+
+    assert reply == "`production` has no active deployment, so there is nothing to cancel."
+
+
+def test_cancel_needs_role(services):
+    command(services, "/prepare", "v2.0.0 production")
+    reply = command(services, "/deploy-cancel", user="U0STRANGER")
+    deployment, _, _ = state(services)
+
+    assert "deployer or approver role" in reply
+    assert deployment.status == DeploymentStatus.PAUSED
+
+
+def test_cancelled_deployment_takes_no_phase(services):
+    command(services, "/prepare", "v2.0.0 production")
+    command(services, "/deploy-cancel")
+    reply = command(services, "/ship")
+
+    assert "has ended (cancelled)" in reply

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +290,29 @@ def stored_steps(database_url: str, deployment_id: int):
     finally:
         db.dispose()
     return steps, sign_offs
+
+
+def test_wrong_app_token_explained(tmp_path, slack, socket_mode):
+    worker = SocketWorker(tmp_path, slack)
+    worker.env["SLACK_APP_TOKEN"] = "xapp-wrong"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bot.main", "socket"],
+        cwd=PROJECT_DIR,
+        env=worker.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 2
+    assert "invalid_auth" in completed.stdout
+    assert "Check SLACK_APP_TOKEN" in completed.stdout
+    assert "Traceback" not in completed.stdout + completed.stderr
+
+
+def test_sigterm_stops_cleanly(worker):
+    worker._process.send_signal(signal.SIGTERM)
+    returncode = worker._process.wait(timeout=STOP_TIMEOUT)
+
+    assert returncode == 0
+    assert "Socket Mode worker stopping" in worker.tail()

@@ -542,3 +542,24 @@ def actions_of(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def footer_of(blocks: list[dict[str, Any]]) -> str:
     assert blocks[-1]["type"] == "context"
     return blocks[-1]["elements"][0]["text"]
+
+
+def test_decided_step_shows_no_buttons(config: Config):
+    deployment = new_deployment(status=DeploymentStatus.RUNNING, started_at=STARTED)
+    steps = run_until(planned(config), "go-no-go", StepStatus.WAITING)
+    sign_off = SignOff(
+        deployment_id=42,
+        step_id="go-no-go",
+        decision="approved",
+        user_id=APPROVER,
+        decided_at=STARTED + timedelta(minutes=3),
+    )
+
+    _, blocks = views.checklist_message(config, deployment, steps, [sign_off])
+
+    assert actions_of(blocks) == []
+    assert any(f"<@{APPROVER}> approved *Go/no-go for the rollout*" in t for t in texts_of(blocks))
+
+
+def texts_of(blocks) -> list[str]:
+    return [block["text"]["text"] for block in blocks if block["type"] == "section"]

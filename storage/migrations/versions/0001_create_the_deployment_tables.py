@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-04 16:13:09.831930
+Create Date: 2026-12-04 16:31:52.809686
 """
 
 import sqlalchemy as sa
@@ -47,6 +47,7 @@ def upgrade() -> None:
                 "succeeded",
                 "failed",
                 "rejected",
+                "cancelled",
                 name="deploymentstatus",
                 native_enum=False,
                 length=20,
@@ -61,6 +62,7 @@ def upgrade() -> None:
         sa.Column("message_claimed_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("variables", sa.JSON(), nullable=True),
         sa.Column("target_position", sa.Integer(), nullable=True),
+        sa.Column("cancel_requested_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("started_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
