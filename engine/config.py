@@ -6,20 +6,25 @@ ticks), ``notify`` (a message to stakeholder channels), ``wait`` or ``gate`` (an
 go). Text in a step may name values as ``{{ name }}``: a built-in variable, an environment
 setting, ``secrets.NAME`` or a value captured by an earlier step. Every name is checked
 against every environment when the files are loaded, so a typo fails at start-up, not in the
-middle of a release.
+middle of a release. Text has no escape for literal ``{{`` or ``}}``: each must be part of a
+placeholder, and titles may not contain ``{{`` at all.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     StrictStr,
     ValidationError,
     field_validator,
@@ -30,11 +35,21 @@ from pydantic_core import PydanticCustomError
 from engine.yamlfile import ConfigError, ConfigProblem, Location, YamlDocument, dotted, load_yaml
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
+# A "{{" or "}}" left over once the valid placeholders are blanked out with NUL characters,
+# with up to 40 characters of the line around it. The context stops at a blanked placeholder.
+STRAY_BRACES = re.compile(r"\{\{[^{}\n\0]{0,40}\}{0,2}|[^{}\n\0]{0,40}\}\}")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_]\w*)(?::-([^}]*))?\}")
 SLUG = r"^[a-z0-9][a-z0-9-]*$"
+# Versions such as v11.0.0 and v11.0.0-rc.1, with ASCII digits and at most 64 characters.
+DEFAULT_VERSION_PATTERN = (
+    r"^(?=.{1,64}$)v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
+)
+# A Slack user ID (U… or W…) or a user-group handle (@release-managers).
+ROLE_MEMBER = re.compile(r"[UW][A-Z0-9]+|@[a-z0-9][a-z0-9._-]*")
+LOCAL_HOST = "local"  # host entry for this machine, where commands run without SSH
 COMMAND = r"^/[a-z][a-z0-9-]{0,30}$"
 # Commands gonogo defines itself, which no phase may take.
-RESERVED_COMMANDS = frozenset({"/deploy", "/deploy-status", "/deploy-log"})
+RESERVED_COMMANDS = frozenset({"/deploy", "/deploy-status", "/deploy-log", "/deploy-cancel"})
 
 # Variables the engine sets for every deployment; see engine.runner.deployment_variables.
 BUILTIN_VARIABLES = frozenset(
@@ -59,6 +74,56 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# --- checks of single values -----------------------------------------------------------------
+
+
+def _reject_placeholders(title: str) -> str:
+    if "{{" in title:
+        raise ValueError("titles are shown as written and never filled in, so '{{' is not allowed")
+    return title
+
+
+def _check_capture_regex(pattern: str) -> str:
+    try:
+        compiled = re.compile(pattern, re.MULTILINE)  # the flags engine.runner searches with
+    except re.error as error:
+        raise ValueError(f"is not a valid regex: {error}") from None
+    if compiled.groups != 1:
+        raise ValueError(
+            f"has {compiled.groups} groups but needs exactly one, whose match becomes the value. "
+            "Write any other group as (?:...)"
+        )
+    return pattern
+
+
+def _check_role_member(member: str) -> str:
+    if ROLE_MEMBER.fullmatch(member):
+        return member
+    handle = "@" + member.lstrip("@").lower()
+    example = handle if ROLE_MEMBER.fullmatch(handle) else "@release-managers"
+    message = (
+        f"{member!r} is neither a Slack user ID (U or W followed by upper-case letters and "
+        f"digits) nor a user-group handle. For a user group, write {example!r}"
+    )
+    raise PydanticCustomError("role_member", "{message}", {"message": message})
+
+
+def _reject_untyped_text(value: Any) -> Any:
+    # YAML turns unquoted 3.10 into 3.1, no into False and 2024-05-01 into a date. None of them
+    # reads back as written, so each is rejected here with advice to quote it.
+    if isinstance(value, bool | float | datetime.date):
+        raise PydanticCustomError(
+            "quote_required", "settings are substituted into commands as text"
+        )
+    return value
+
+
+Title = AfterValidator(_reject_placeholders)
+CaptureRegex = Annotated[StrictStr, AfterValidator(_check_capture_regex)]
+RoleMember = Annotated[StrictStr, AfterValidator(_check_role_member)]
+SettingValue = Annotated[StrictStr | StrictInt | None, BeforeValidator(_reject_untyped_text)]
+
+
 # --- runbook ---------------------------------------------------------------------------------
 
 
@@ -68,7 +133,7 @@ class RunSpec(Strict):
     hosts: StrictStr  # host role of the environment
     command: StrictStr
     timeout: Seconds = 300.0  # wall-clock seconds for the whole command on one host
-    capture: dict[StrictStr, StrictStr] = {}  # variable name -> regex with one group, on stdout
+    capture: dict[StrictStr, CaptureRegex] = {}  # variable name -> regex with one group, on stdout
 
 
 class ProbeSpec(Strict):
@@ -121,7 +186,7 @@ class SignoffSpec(Strict):
 
 class Step(Strict):
     id: Annotated[StrictStr, Field(pattern=SLUG, max_length=60)]
-    title: Annotated[StrictStr, Field(min_length=1, max_length=120)]
+    title: Annotated[StrictStr, Field(min_length=1, max_length=120), Title]
     requires: list[StrictStr] = []  # settings without which the step becomes a manual check
     run: RunSpec | None = None
     probe: ProbeSpec | None = None
@@ -151,7 +216,7 @@ class Step(Strict):
 
 class Phase(Strict):
     id: Annotated[StrictStr, Field(pattern=SLUG, max_length=60)]
-    title: Annotated[StrictStr, Field(min_length=1, max_length=80)]
+    title: Annotated[StrictStr, Field(min_length=1, max_length=80), Title]
     # The slash command that runs this phase on its own; neighbouring phases may share one.
     command: Annotated[StrictStr, Field(pattern=COMMAND)] | None = None
     steps: Annotated[list[Step], Field(min_length=1)]
@@ -161,14 +226,14 @@ class Window(Strict):
     """Checks due in a span of minutes after the rollout finished."""
 
     id: Annotated[StrictStr, Field(pattern=SLUG, max_length=60)]
-    title: StrictStr
+    title: Annotated[StrictStr, Title]
     from_minute: Annotated[int, Field(ge=0)]
     to_minute: Annotated[int, Field(gt=0)] | None = None
     steps: Annotated[list[Step], Field(min_length=1)]
 
 
 class RollbackProcedure(Strict):
-    title: StrictStr
+    title: Annotated[StrictStr, Title]
     within_minutes: Annotated[int, Field(gt=0)] | None = None  # offered only this long after
     steps: Annotated[list[Step], Field(min_length=1)]
 
@@ -219,8 +284,9 @@ class DeploymentLogFields(Strict):
 
 class Runbook(Strict):
     name: Annotated[StrictStr, Field(pattern=SLUG)]
-    title: StrictStr
-    version_pattern: StrictStr = r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$"
+    title: Annotated[StrictStr, Title]
+    # version_matches matches it against the whole version with re.ASCII, so \d means [0-9].
+    version_pattern: StrictStr = DEFAULT_VERSION_PATTERN
     # The checklist message draws one block per phase and up to 6 others, within Slack's 50.
     phases: Annotated[list[Phase], Field(min_length=1, max_length=MAX_PHASES)]
     post_deployment: list[Window] = []
@@ -235,8 +301,8 @@ class Runbook(Strict):
     @classmethod
     def _valid_pattern(cls, pattern: str) -> str:
         try:
-            re.compile(pattern)
-        except re.error as error:
+            re.compile(pattern, re.ASCII)
+        except (re.error, ValueError) as error:  # re raises ValueError when the pattern sets (?u)
             raise ValueError(f"is not a valid regex: {error}") from None
         return pattern
 
@@ -322,9 +388,9 @@ class SshSettings(Strict):
 class Roles(Strict):
     """Slack user IDs (``U…``) or user-group handles (``@handle``)."""
 
-    deployers: list[StrictStr] = []
-    approvers: list[StrictStr] = []
-    validators: list[StrictStr] = []
+    deployers: list[RoleMember] = []
+    approvers: list[RoleMember] = []
+    validators: list[RoleMember] = []
 
 
 class Environment(Strict):
@@ -340,19 +406,23 @@ class Environment(Strict):
     hosts: dict[StrictStr, Annotated[list[StrictStr], Field(min_length=1)]]
     path_prepend: list[StrictStr] = []  # directories put in front of PATH for every command
     command_env: dict[StrictStr, StrictStr] = {}
-    settings: dict[StrictStr, StrictStr | int | float | bool | None] = {}
+    # Substituted into commands as text, so only strings, whole numbers and null are accepted.
+    settings: dict[StrictStr, SettingValue] = {}
     secrets: dict[StrictStr, StrictStr] = {}  # secret name -> environment variable holding it
     contacts: dict[StrictStr, StrictStr] = {}
 
     @model_validator(mode="after")
     def _ssh_when_remote(self) -> Environment:
-        remote = [host for hosts in self.hosts.values() for host in hosts if host != "local"]
+        remote = [host for host in self.all_hosts() if host != LOCAL_HOST]
         if remote and self.ssh is None:
             raise ValueError(f"hosts {remote} are reached over SSH, so an ssh section is required")
         return self
 
     def host_roles(self) -> set[str]:
         return set(self.hosts)
+
+    def all_hosts(self) -> list[str]:
+        return [host for hosts in self.hosts.values() for host in hosts]
 
 
 class EnvironmentsFile(Strict):
@@ -374,25 +444,23 @@ class Config(BaseModel):
 
 
 def load_config(runbook_path: Path, environments_path: Path) -> Config:
-    """Load both files and check them; raise ConfigError listing every problem found."""
-    runbook_doc = load_yaml(runbook_path)
-    environments_doc = load_yaml(environments_path)
+    """Load both files and check them; raise ConfigError listing every problem found.
+
+    A file that cannot be read or parsed does not stop the other file from being checked, but
+    the checks of one file against the other run only when both files are valid.
+    """
     problems: list[ConfigProblem] = []
-    runbook = _validate(Runbook, runbook_doc, problems)
-    _expand_env_references(environments_doc, problems)
-    environments_file = _validate(EnvironmentsFile, environments_doc, problems)
-    if problems:
-        raise ConfigError(problems)
-    environments = {}
-    base = environments_path.resolve().parent
-    for name, environment in environments_file.environments.items():
-        path_prepend = [str((base / entry).resolve()) for entry in environment.path_prepend]
-        environments[name] = environment.model_copy(
-            update={"name": name, "path_prepend": path_prepend}
-        )
-    for name, environment in environments.items():
-        _check_references(runbook, runbook_doc, name, environment, problems)
-    if problems:
+    runbook_doc = _read(runbook_path, problems)
+    runbook = _load_runbook(runbook_doc, problems) if runbook_doc else None
+    environments_doc = _read(environments_path, problems)
+    environments = None
+    if environments_doc:
+        environments = _load_environments(environments_doc, environments_path, problems)
+    if runbook is not None and environments is not None:
+        for name, environment in environments.items():
+            _check_references(runbook, runbook_doc, name, environment, problems)
+            _check_roles(runbook, environments_doc, name, environment, problems)
+    if problems or runbook is None or environments is None:
         raise ConfigError(problems)
     return Config(
         runbook=runbook,
@@ -402,59 +470,133 @@ def load_config(runbook_path: Path, environments_path: Path) -> Config:
     )
 
 
+def version_matches(runbook: Runbook, version: str) -> bool:
+    """Return whether ``version`` matches the runbook's version pattern in full.
+
+    re.ASCII limits \\d and \\w to ASCII characters, so digits of other scripts (v١١.٠.٠) fail.
+    """
+    return re.fullmatch(runbook.version_pattern, version, re.ASCII) is not None
+
+
 def placeholders(text: str) -> list[str]:
     return PLACEHOLDER.findall(text)
 
 
-def step_texts(step: Step) -> list[tuple[str, str]]:
-    """Return (field, text) for every text of ``step`` that may hold placeholders."""
+def malformed_placeholders(text: str) -> list[str]:
+    """Return each ``{{`` or ``}}`` of ``text`` that is not part of a valid placeholder, in context.
+
+    ``{{ api-service }}`` and ``{{ api_service }`` are returned whole, but a single brace, as in
+    the shell's ``{ cmd; }``, is left alone.
+    """
+    # Blanking keeps the offsets, so each match can be shown from the original text.
+    blanked = PLACEHOLDER.sub(lambda match: "\0" * len(match.group()), text)
+    return [text[match.start() : match.end()].strip() for match in STRAY_BRACES.finditer(blanked)]
+
+
+def step_texts(step: Step) -> list[tuple[Location, str]]:
+    """Return (location below the step, text) for every text of ``step`` with placeholders."""
     spec = step.spec
-    texts: list[tuple[str, str]] = []
+    texts: list[tuple[Location, str]] = []
     if isinstance(spec, RunSpec):
-        texts.append(("run.command", spec.command))
+        texts.append((("run", "command"), spec.command))
     elif isinstance(spec, ProbeSpec):
-        texts.append(("probe.url", spec.url))
-        texts += [(f"probe.headers.{key}", value) for key, value in spec.headers.items()]
-        texts += [(f"probe.json.{path}", text) for path, text in _strings(spec.json_body, "")]
+        texts.append((("probe", "url"), spec.url))
+        texts += [(("probe", "headers", key), value) for key, value in spec.headers.items()]
+        texts += [(("probe", "json", *path), text) for path, text in _strings(spec.json_body, ())]
         texts += [
-            (f"probe.expect_json.{key}", value)
+            (("probe", "expect_json", key), value)
             for key, value in spec.expect_json.items()
             if isinstance(value, str)
         ]
     elif isinstance(spec, NotifySpec):
-        texts.append(("notify.text", spec.text))
+        texts.append((("notify", "text"), spec.text))
     elif isinstance(spec, GateSpec):
-        texts.append(("gate.prompt", spec.prompt))
+        texts.append((("gate", "prompt"), spec.prompt))
     elif isinstance(spec, ManualSpec | SignoffSpec):
-        texts += [(f"{step.kind}.items[{index}]", item) for index, item in enumerate(spec.items)]
+        texts += [((step.kind, "items", index), item) for index, item in enumerate(spec.items)]
     return texts
 
 
-def _strings(value: Any, path: str) -> list[tuple[str, str]]:
+def _strings(value: Any, path: Location) -> list[tuple[Location, str]]:
     if isinstance(value, str):
         return [(path, value)]
     if isinstance(value, dict):
-        return [pair for key, item in value.items() for pair in _strings(item, f"{path}.{key}")]
+        return [pair for key, item in value.items() for pair in _strings(item, (*path, key))]
     if isinstance(value, list):
-        return [pair for i, item in enumerate(value) for pair in _strings(item, f"{path}[{i}]")]
+        return [pair for i, item in enumerate(value) for pair in _strings(item, (*path, i))]
     return []
+
+
+def _read(path: Path, problems: list[ConfigProblem]) -> YamlDocument | None:
+    try:
+        return load_yaml(path)
+    except ConfigError as error:
+        problems += error.problems
+        return None
+
+
+def _load_runbook(document: YamlDocument, problems: list[ConfigProblem]) -> Runbook | None:
+    runbook = _validate(Runbook, document, problems)
+    if runbook is not None:
+        _check_templates(runbook, document, problems)
+    return runbook
+
+
+def _load_environments(
+    document: YamlDocument, path: Path, problems: list[ConfigProblem]
+) -> dict[str, Environment] | None:
+    """Validate the environments file and resolve each path_prepend entry against its folder."""
+    _expand_env_references(document, problems)
+    environments_file = _validate(EnvironmentsFile, document, problems)
+    if environments_file is None:
+        return None
+    base = path.resolve().parent
+    environments = {}
+    for name, environment in environments_file.environments.items():
+        location: Location = ("environments", name)
+        path_prepend = [str((base / entry).resolve()) for entry in environment.path_prepend]
+        _check_path_prepend(document, location, environment, path_prepend, problems)
+        _check_whole_numbers(document, location, environment, problems)
+        environments[name] = environment.model_copy(
+            update={"name": name, "path_prepend": path_prepend}
+        )
+    return environments
+
+
+# --- turning pydantic errors into problems ---------------------------------------------------
+
+# The type that each pydantic type error expected, as messages name it.
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean",
+    "bool_parsing": "a boolean",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "none_required": "null",
+}
 
 
 def _validate(model: type[BaseModel], document: YamlDocument, problems: list[ConfigProblem]):
     try:
         return model.model_validate(document.data)
     except ValidationError as error:
+        details_by_location: dict[Location, list[dict]] = {}
         for detail in error.errors():
-            location = _document_location(detail["loc"])
-            location += tuple(detail.get("ctx", {}).get("location", ()))
-            problems.append(
-                ConfigProblem(
-                    document.file,
-                    document.line_of(location),
-                    dotted(location),
-                    _describe(detail),
+            location = _document_location(document.data, detail)
+            details_by_location.setdefault(location, []).append(detail)
+        for location, details in details_by_location.items():
+            for message in _messages(document, location, details):
+                problems.append(
+                    ConfigProblem(
+                        document.file, document.line_of(location), dotted(location), message
+                    )
                 )
-            )
         return None
 
 
@@ -463,25 +605,113 @@ def _located_error(location: Location, message: str) -> PydanticCustomError:
     return PydanticCustomError("located", "{message}", {"message": message, "location": location})
 
 
-def _document_location(loc: tuple) -> Location:
-    # pydantic adds the name of the union member or model it tried; keep only document keys.
-    return tuple(part for part in loc if not (isinstance(part, str) and "[" in part))
+def _document_location(data: Any, detail: dict) -> Location:
+    """Return the keys and indexes in the document at which pydantic reports ``detail``.
+
+    pydantic puts the name of each union member it tried ("str", "int") and "[key]" for a
+    mapping key into its locations. Walking the document separates them from real keys.
+    """
+    loc = detail["loc"]
+    location: list[str | int] = []
+    for position, part in enumerate(loc):
+        if isinstance(data, dict) and isinstance(part, str) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        elif not (detail["type"] == "missing" and position == len(loc) - 1):
+            continue
+        location.append(part)
+    return tuple(location) + tuple(detail.get("ctx", {}).get("location", ()))
 
 
-def _describe(detail: dict) -> str:
+def _messages(document: YamlDocument, location: Location, details: list[dict]) -> list[str]:
+    """Word the errors pydantic reported at one location, one message per error.
+
+    A value of the wrong type for a union fails every member, and pydantic reports each. Those
+    become one message naming the accepted types. When a member took the type but failed
+    another check, such as a pattern, only that member's errors are shown.
+    """
+    if len(details) > 1:
+        other_errors = [detail for detail in details if detail["type"] not in _TYPE_NAMES]
+        if not other_errors:
+            accepted = list(dict.fromkeys(_TYPE_NAMES[detail["type"]] for detail in details))
+            return [f"expected {_join(accepted, 'or')}{_got(details[0]['input'])}"]
+        details = other_errors
+    return [_describe(document, location, detail) for detail in details]
+
+
+def _describe(document: YamlDocument, location: Location, detail: dict) -> str:
     kind = detail["type"]
+    value = detail.get("input")
     if kind == "extra_forbidden":
         return "unknown key; check its spelling against the documented keys"
     if kind == "missing":
         return "required key is missing"
+    if kind == "model_type":
+        model = _model_named(detail.get("ctx", {}).get("class_name"))
+        keys = _required_keys(model) if model else ""
+        if location == () and value is None:
+            return f"the file is empty; expected a mapping{keys}"
+        return f"expected a mapping{keys}{_got(value)}"
+    if kind == "quote_required":
+        return _quote_advice(document, location, value, detail["msg"])
+    if kind == "string_type" and _is_yaml_scalar(value):
+        return _quote_advice(document, location, value, "a string is required here")
     message = detail["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if "input" in detail and kind not in ("model_type", "dict_type", "list_type", "located"):
-        shown = repr(detail["input"])
-        if len(shown) <= 60:
-            message += f" (got {shown})"
+    # These messages show the value themselves, or the value is too large to show.
+    if "input" in detail and kind not in ("dict_type", "list_type", "located", "role_member"):
+        message += _got(value)
     return message
+
+
+def _quote_advice(document: YamlDocument, location: Location, value: Any, reason: str) -> str:
+    text = document.source_text.get(location, str(value))
+    return f"YAML reads {text} as {_yaml_reading(value)}, but {reason}, so quote it: '{text}'"
+
+
+def _yaml_reading(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    return f"the date {value}"
+
+
+def _is_yaml_scalar(value: Any) -> bool:
+    """Return whether ``value`` is a scalar that YAML makes from unquoted text, other than null."""
+    return isinstance(value, int | float | datetime.date)
+
+
+def _got(value: Any) -> str:
+    shown = repr(value)
+    return f" (got {shown})" if len(shown) <= 60 else ""
+
+
+def _model_named(name: str | None) -> type[Strict] | None:
+    return next((model for model in Strict.__subclasses__() if model.__name__ == name), None)
+
+
+def _required_keys(model: type[BaseModel]) -> str:
+    names = [field.alias or name for name, field in model.model_fields.items()]
+    required = [
+        field.alias or name for name, field in model.model_fields.items() if field.is_required()
+    ]
+    if len(required) == 1:
+        return f" with key {required[0]}"
+    if required:
+        return f" with keys {_join(required, 'and')}"
+    return f" with any of the keys {_join(names, 'or')}"
+
+
+def _join(words: list[str], conjunction: str) -> str:
+    if len(words) < 2:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
+
+
+# --- checks that need more than one value ----------------------------------------------------
 
 
 def _expand_env_references(document: YamlDocument, problems: list[ConfigProblem]) -> None:
@@ -514,6 +744,132 @@ def _expand_env_references(document: YamlDocument, problems: list[ConfigProblem]
         return ENV_REFERENCE.sub(substitute, value)
 
     document.data = expand(document.data, ())
+
+
+def _check_templates(runbook: Runbook, document: YamlDocument, problems: list[ConfigProblem]):
+    """Report every ``{{`` or ``}}`` in step text that is not part of a valid placeholder."""
+    for group_location, steps in runbook.step_groups():
+        for step_index, step in enumerate(steps):
+            for field, text in step_texts(step):
+                location = group_location + (step_index,) + field
+                for fragment in malformed_placeholders(text):
+                    message = (
+                        f"{fragment!r} is not a valid placeholder. Write {{{{ name }}}} with a "
+                        "name of letters, digits, '_' and '.' that starts with a letter or '_'"
+                    )
+                    if field == ("run", "command"):
+                        message += (
+                            ". For braces that the shell should see, split them with quotes, "
+                            "as in '{''{.Names}''}'"
+                        )
+                    problems.append(
+                        ConfigProblem(
+                            document.file,
+                            document.line_of(location),
+                            f"{dotted(location)} (step {step.id})",
+                            message,
+                        )
+                    )
+
+
+def _check_path_prepend(
+    document: YamlDocument,
+    location: Location,
+    environment: Environment,
+    resolved: list[str],
+    problems: list[ConfigProblem],
+) -> None:
+    """Report path_prepend entries that are not directories on this machine.
+
+    Only environments that run commands here are checked. A remote host gets the same PATH,
+    but its directories exist on that host, where the loader cannot look.
+    """
+    if LOCAL_HOST not in environment.all_hosts():
+        return
+    for index, entry in enumerate(environment.path_prepend):
+        directory = resolved[index]
+        if Path(directory).is_dir():
+            continue
+        state = "is not a directory" if Path(directory).exists() else "does not exist"
+        message = f"{directory} {state}"
+        if entry != directory:
+            message = (
+                f"{entry!r} resolves to {directory}, which {state}. "
+                "Relative entries start from the folder of the environments file"
+            )
+        entry_location = location + ("path_prepend", index)
+        problems.append(
+            ConfigProblem(
+                document.file, document.line_of(entry_location), dotted(entry_location), message
+            )
+        )
+
+
+def _check_whole_numbers(
+    document: YamlDocument,
+    location: Location,
+    environment: Environment,
+    problems: list[ConfigProblem],
+) -> None:
+    """Report whole-number settings that YAML read differently from how they are written.
+
+    YAML 1.1 reads 010 as 8, 0x1F as 31, 1_000 as 1000 and 1:30 as 90, but a setting is
+    substituted as text, so its value must read back as written.
+    """
+    for key, value in environment.settings.items():
+        setting_location = location + ("settings", key)
+        text = document.source_text.get(setting_location)
+        if isinstance(value, int) and text is not None and text != str(value):
+            message = _quote_advice(
+                document,
+                setting_location,
+                value,
+                "settings are substituted into commands as text",
+            )
+            problems.append(
+                ConfigProblem(
+                    document.file,
+                    document.line_of(setting_location),
+                    dotted(setting_location),
+                    message,
+                )
+            )
+
+
+def _check_roles(
+    runbook: Runbook,
+    environments_doc: YamlDocument,
+    environment_name: str,
+    environment: Environment,
+    problems: list[ConfigProblem],
+) -> None:
+    """Report roles left empty that a gate or a final sign-off of the runbook needs."""
+    steps = [step for _, group in runbook.step_groups() for step in group]
+    gate = next((step for step in steps if step.gate), None)
+    signoff = next((step for step in steps if step.signoff), None)
+    reasons: dict[str, list[str]] = {}
+    if gate and environment.require_approval:
+        reasons["approvers"] = [
+            f"the gate step {gate.id!r} needs an approver because require_approval is true"
+        ]
+    if signoff:
+        for _, _, role in SIGNOFF_SLOTS:
+            reasons.setdefault(role, []).append(
+                f"the sign-off step {signoff.id!r} needs a deployer, a validator and an approver"
+            )
+    for role, role_reasons in reasons.items():
+        if getattr(environment.roles, role):
+            continue
+        location = ("environments", environment_name, "roles", role)
+        problems.append(
+            ConfigProblem(
+                environments_doc.file,
+                environments_doc.line_of(location),
+                dotted(location),
+                f"no {role} are listed, but {' and '.join(role_reasons)}. "
+                "Add a Slack user ID or a @handle",
+            )
+        )
 
 
 def _check_references(
@@ -554,12 +910,12 @@ def _check_references(
         for step_index, step in enumerate(steps):
             location: Location = group_location + (step_index,)
 
-            def report(field: str, message: str, location=location, step=step) -> None:
+            def report(field: Location, message: str, location=location, step=step) -> None:
                 problems.append(
                     ConfigProblem(
                         runbook_doc.file,
-                        runbook_doc.line_of(location + tuple(field.split("."))),
-                        f"{dotted(location)}.{field} (step {step.id})",
+                        runbook_doc.line_of(location + field),
+                        f"{dotted(location + field)} (step {step.id})",
                         f"{message} in environment {environment_name!r}",
                     )
                 )
@@ -570,13 +926,13 @@ def _check_references(
                         report(field, f"{{{{ {name} }}}} names no setting, secret or variable")
             for name in step.requires:
                 if name not in environment.settings:
-                    report("requires", f"setting {name!r} is not defined")
+                    report(("requires",), f"setting {name!r} is not defined")
             if step.run and step.run.hosts not in environment.hosts:
-                report("run.hosts", f"host role {step.run.hosts!r} is not defined")
+                report(("run", "hosts"), f"host role {step.run.hosts!r} is not defined")
             if step.notify:
                 for channel in step.notify.to:
                     if channel not in environment.notify_channels:
-                        report("notify.to", f"notify channel {channel!r} is not defined")
+                        report(("notify", "to"), f"notify channel {channel!r} is not defined")
             known |= _captures(step)
 
 

@@ -1,8 +1,11 @@
 """Strict YAML loading that remembers where every key came from.
 
 PyYAML silently keeps the last of two duplicate keys and turns an unquoted ``3.10`` into the
-float 3.1. This loader rejects duplicate keys and records the line of every mapping key and
-sequence item, so that a validation error can name the file, the line and the dotted path.
+float 3.1. This loader rejects duplicate keys, non-string keys, merge keys and tags other than
+the plain scalar types, and records the line of every mapping key and sequence item, so that a
+validation error can name the file, the line and the dotted path. It also keeps the source
+text of every scalar that YAML read as a number, boolean or date, so that an error can show
+``3.10`` rather than 3.1 when it asks for quotes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,18 @@ import yaml
 Location = tuple[str | int, ...]
 
 _SCALARS = yaml.constructor.SafeConstructor()
+_TAG_PREFIX = "tag:yaml.org,2002:"
+_MAP_TAG, _SEQ_TAG, _STR_TAG = f"{_TAG_PREFIX}map", f"{_TAG_PREFIX}seq", f"{_TAG_PREFIX}str"
+_MERGE_TAG, _NULL_TAG = f"{_TAG_PREFIX}merge", f"{_TAG_PREFIX}null"
+# Scalar types a configuration value may have, by tag; other tags (!!binary, !custom) are errors.
+_SCALAR_TYPES = {
+    f"{_TAG_PREFIX}str": "a string",
+    f"{_TAG_PREFIX}int": "a number",
+    f"{_TAG_PREFIX}float": "a number",
+    f"{_TAG_PREFIX}bool": "a boolean",
+    f"{_TAG_PREFIX}null": "null",
+    f"{_TAG_PREFIX}timestamp": "a date",
+}
 
 
 @dataclass
@@ -46,6 +61,9 @@ class YamlDocument:
     file: str
     data: Any
     lines: dict[Location, int] = field(default_factory=dict)
+    # Source text of each value that YAML read as a number, boolean or date, such as "3.10"
+    # for the float 3.1 or "no" for False.
+    source_text: dict[Location, str] = field(default_factory=dict)
 
     def line_of(self, location: Location) -> int | None:
         """Return the line of the deepest known key on ``location``."""
@@ -64,20 +82,24 @@ def dotted(location: Location) -> str:
 
 
 def load_yaml(path: Path) -> YamlDocument:
-    """Parse ``path`` into plain Python data, rejecting duplicate keys and non-string keys."""
+    """Parse ``path`` into plain Python data; raise ConfigError for anything the loader rejects.
+
+    Rejected are unreadable files, invalid YAML, duplicate keys, keys that are not strings,
+    merge keys (``<<``) and tags other than those of strings, numbers, booleans, null and dates.
+    """
     file = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         problem = ConfigProblem(file, None, "", f"cannot be read: {error.strerror}")
         raise ConfigError([problem]) from None
+    except UnicodeDecodeError as error:
+        problem = ConfigProblem(file, None, "", f"is not UTF-8 text: invalid byte at {error.start}")
+        raise ConfigError([problem]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        reason = getattr(error, "problem", None) or str(error)
-        raise ConfigError([ConfigProblem(file, line, "", f"is not valid YAML: {reason}")]) from None
+        raise ConfigError([_syntax_problem(file, text, error)]) from None
     document = YamlDocument(file, None)
     problems: list[ConfigProblem] = []
     if node is not None:
@@ -87,35 +109,93 @@ def load_yaml(path: Path) -> YamlDocument:
     return document
 
 
+def _syntax_problem(file: str, text: str, error: yaml.YAMLError) -> ConfigProblem:
+    mark = getattr(error, "problem_mark", None)
+    line = mark.line + 1 if mark else None
+    message = f"is not valid YAML: {getattr(error, 'problem', None) or error}"
+    if mark and text[mark.index : mark.index + 1] == "\t":
+        message += ". YAML does not allow tabs here, so indent with spaces"
+    return ConfigProblem(file, line, "", message)
+
+
 def _build(node: yaml.Node, location: Location, document: YamlDocument, problems) -> Any:
+    line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        if node.tag != _MAP_TAG:
+            problems.append(_unsupported_tag(document, line, location, node.tag))
+            return None
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            line = key_node.start_mark.line + 1
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
-                message = "keys must be strings"
-                if key_node.tag == "tag:yaml.org,2002:bool":
-                    message += f"; YAML reads {key_node.value!r} as a boolean, so quote it"
-                problems.append(ConfigProblem(document.file, line, dotted(location), message))
+            key_line = key_node.start_mark.line + 1
+            if key_node.tag != _STR_TAG or not isinstance(key_node, yaml.ScalarNode):
+                message = _key_problem(key_node)
+                problems.append(ConfigProblem(document.file, key_line, dotted(location), message))
                 continue
             key = key_node.value
             if key in result:
                 problems.append(
                     ConfigProblem(
                         document.file,
-                        line,
+                        key_line,
                         dotted(location + (key,)),
                         "duplicate key; each key may appear once",
                     )
                 )
                 continue
-            document.lines[location + (key,)] = line
+            document.lines[location + (key,)] = key_line
             result[key] = _build(value_node, location + (key,), document, problems)
         return result
     if isinstance(node, yaml.SequenceNode):
+        if node.tag != _SEQ_TAG:
+            problems.append(_unsupported_tag(document, line, location, node.tag))
+            return None
         items = []
         for index, item in enumerate(node.value):
             document.lines[location + (index,)] = item.start_mark.line + 1
             items.append(_build(item, location + (index,), document, problems))
         return items
-    return _SCALARS.construct_object(node)  # str, int, float, bool or None
+    return _build_scalar(node, location, document, problems)
+
+
+def _build_scalar(node: yaml.Node, location: Location, document: YamlDocument, problems) -> Any:
+    line = node.start_mark.line + 1
+    kind = _SCALAR_TYPES.get(node.tag)
+    if kind is None:
+        problems.append(_unsupported_tag(document, line, location, node.tag))
+        return None
+    try:
+        value = _SCALARS.construct_object(node)
+    except (yaml.constructor.ConstructorError, ValueError):
+        # For example 2024-02-30, which YAML reads as a date that does not exist.
+        message = f"YAML reads {node.value} as {kind} but cannot convert it, so quote it"
+        problems.append(ConfigProblem(document.file, line, dotted(location), message))
+        return None
+    if node.tag not in (_STR_TAG, _NULL_TAG):
+        document.source_text[location] = node.value
+    return value
+
+
+def _key_problem(key_node: yaml.Node) -> str:
+    if key_node.tag == _MERGE_TAG:
+        return (
+            "merge keys (<<) are not supported, so write the keys out in full or reuse a whole "
+            "mapping with an alias such as *name"
+        )
+    if not isinstance(key_node, yaml.ScalarNode):
+        return "keys must be strings, not a mapping or a list"
+    kind = _SCALAR_TYPES.get(key_node.tag)
+    if kind is None:
+        return f"keys must be strings, but this key has the YAML tag {_short_tag(key_node.tag)}"
+    return f"keys must be strings, but YAML reads {key_node.value!r} as {kind}, so quote it"
+
+
+def _unsupported_tag(document: YamlDocument, line: int, location: Location, tag: str):
+    message = (
+        f"YAML tag {_short_tag(tag)} is not supported. Remove it and write a plain string, "
+        "number, boolean, list or mapping"
+    )
+    return ConfigProblem(document.file, line, dotted(location), message)
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix(_TAG_PREFIX) if tag.startswith(_TAG_PREFIX) else tag

@@ -39,7 +39,7 @@ def test_shipped_environments_expand_defaults():
     settings = config.environments["local"].settings
 
     assert settings["compose_dir"] == ".gonogo/local-site/compose"
-    assert settings["health_url"] == "http://127.0.0.1:18080/q/health"
+    assert settings["health_url"] == "http://127.0.0.1:28461/q/health"
 
 
 def test_shipped_environments_read_variables(monkeypatch: pytest.MonkeyPatch):
@@ -442,6 +442,8 @@ ENVIRONMENTS = textwrap.dedent(
         channel: C0DEV
         notify_channels:
           operations: C0OPS
+        roles:
+          approvers: [U0APPROVER]
         hosts:
           app: [local]
         settings:
@@ -452,6 +454,8 @@ ENVIRONMENTS = textwrap.dedent(
         channel: C0QA
         notify_channels:
           operations: C0OPS
+        roles:
+          approvers: ['@qa-approvers']
         hosts:
           app: [local]
         settings:
