@@ -41,7 +41,11 @@ def environments_file(directory: Path, rounds: int) -> Path:
     # Hosts are `local` and the first step is a manual check, so no command runs.
     environment = {
         "channel": "C0BENCH",
-        "roles": {"deployers": ["U0BENCH"], "approvers": ["U0APPROVER"]},
+        "roles": {
+            "deployers": ["U0BENCH"],
+            "approvers": ["U0APPROVER"],
+            "validators": ["U0VALIDATOR"],
+        },
         "hosts": {"app": ["local"], "repo": ["local"]},
         "notify_channels": {"operations": "C0OPS", "validators": "C0VAL"},
         "settings": {

@@ -1,11 +1,11 @@
 """``/deploy <version> <environment>``: check the request, record it and hand it to a worker."""
 
 import logging
-import re
 
 from commands import messages
 from commands.context import Reply, Request, Services
 from commands.roles import has_role
+from engine.config import version_matches
 from engine.runner import backup_location, missing_secrets, plan_steps
 from storage import repository
 from storage.models import Deployment
@@ -35,7 +35,7 @@ def start(
     environment = config.environments.get(environment_name)
     if environment is None:
         return Reply(messages.unknown_environment(environment_name, config))
-    if not re.fullmatch(config.runbook.version_pattern, version):
+    if not version_matches(config.runbook, version):
         return Reply(messages.invalid_version(version, config.runbook.version_pattern))
     if not has_role(services.directory, environment, "deployers", request.user_id):
         _audit_rejection(services, request, "deployers")
