@@ -659,9 +659,11 @@ def test_runbook_pattern_is_authoritative():
 def test_shipped_pattern_matches_ascii_digits():
     runbook = load_config(SHIPPED_RUNBOOK, SHIPPED_ENVIRONMENTS).runbook
 
-    assert "\\d" in runbook.version_pattern
     assert version_matches(runbook, "v11.0.0")
+    assert version_matches(runbook, "v11.0.0-rc.1")
     assert not version_matches(runbook, "v١١.٠.٠")
+    assert not version_matches(runbook, "v11.0.0-a..b")
+    assert not version_matches(runbook, "v" + "1" * 200)
 
 
 def test_pattern_conflicting_with_ascii(tmp_path: Path):
