@@ -57,7 +57,7 @@ BUILTIN_VARIABLES = frozenset(
 )
 # backup_dir is derived from the backup_root setting, so it exists only where that does.
 BACKUP_DIR, BACKUP_ROOT = "backup_dir", "backup_root"
-STEP_KINDS = ("run", "probe", "manual", "notify", "wait", "gate", "signoff")
+STEP_KINDS = ("run", "probe", "manual", "notify", "wait", "gate", "signoff", "criteria")
 REJECTED_SLOT = "rejected"  # the slot a rejection of the final sign-off is stored under
 # The slots of a final sign-off: (slot, label, role whose members may sign it).
 SIGNOFF_SLOTS = (
@@ -178,6 +178,10 @@ class GateSpec(Strict):
     prompt: StrictStr = ""
 
 
+class CriteriaSpec(Strict):
+    """The go/no-go judgement of the runbook's success_criteria from the steps run so far."""
+
+
 class SignoffSpec(Strict):
     """The final checklist, signed by a deployer, a validator and an approver."""
 
@@ -195,6 +199,7 @@ class Step(Strict):
     wait: WaitSpec | None = None
     gate: GateSpec | None = None
     signoff: SignoffSpec | None = None
+    criteria: CriteriaSpec | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
@@ -244,10 +249,22 @@ class Rollback(Strict):
     verify: RollbackProcedure
 
 
+class Criterion(Strict):
+    """A success criterion and the steps whose results show it; without steps a person judges."""
+
+    text: StrictStr
+    steps: list[StrictStr] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
+
+
 class SuccessCriteria(Strict):
-    must_have: list[StrictStr] = []
-    should_have: list[StrictStr] = []
-    nice_to_have: list[StrictStr] = []
+    must_have: list[Criterion] = []
+    should_have: list[Criterion] = []
+    nice_to_have: list[Criterion] = []
 
 
 class Decision(Strict):
@@ -334,6 +351,14 @@ class Runbook(Strict):
             if command:
                 taken.add(command)
             previous = command
+        for level in ("must_have", "should_have", "nice_to_have"):
+            for index, criterion in enumerate(getattr(self.success_criteria, level)):
+                for step_index, step_id in enumerate(criterion.steps):
+                    if step_id not in seen:
+                        raise _located_error(
+                            ("success_criteria", level, index, "steps", step_index),
+                            f"success criterion names step {step_id!r}, which no phase has",
+                        )
         for location, step_id in self.deployment_log.step_references():
             if step_id not in seen:
                 raise _located_error(

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from engine import criteria
 from engine.clock import Clock
 from engine.config import (
     REJECTED_SLOT,
@@ -324,7 +325,10 @@ class Runner:
         masker = Masker(secret_values(environment))
         logger.info("Deployment %s: step %s started", deployment_id, step.id)
         try:
-            outcome = self._perform(step, environment, values)
+            if step.criteria is not None:
+                outcome = self._judge_criteria(deployment_id)
+            else:
+                outcome = self._perform(step, environment, values)
         except MissingValue as error:
             outcome = _Outcome(False, error=_missing_value_message(error, environment))
         with self.db.session() as session:
@@ -354,7 +358,7 @@ class Runner:
                         created_at=now,
                     ),
                 )
-            if step.kind in ("run", "probe"):
+            if step.kind in ("run", "probe", "criteria"):
                 repository.enqueue(
                     session,
                     OutboxMessage(
@@ -388,6 +392,16 @@ class Runner:
             else:
                 logger.info("Deployment %s: step %s passed", deployment_id, step.id)
             self._commit_and_notify(session, deployment_id)
+
+    def _judge_criteria(self, deployment_id: int) -> "_Outcome":
+        with self.db.session() as session:
+            steps = repository.steps_of(session, deployment_id)
+        verdict = criteria.evaluate(self.config.runbook.success_criteria, steps)
+        error = None
+        if not verdict.go:
+            failed = "; ".join(result.text for result in verdict.failed_must_haves)
+            error = f"No-Go: must-have criteria not met: {failed}"
+        return _Outcome(verdict.go, output=criteria.report(verdict), error=error)
 
     def _perform(self, step: Step, environment: Environment, values: dict[str, Any]) -> "_Outcome":
         if isinstance(step.spec, RunSpec):

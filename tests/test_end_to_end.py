@@ -298,6 +298,9 @@ def test_release_to_production(tmp_path, target, slack):
     for step in steps:
         if step.kind in ("run", "probe"):
             assert any(step.title in text for text in thread_texts), step.step_id
+    verdict = next(text for text in thread_texts if "*Go/no-go criteria* done" in text)
+    assert "GO\nMust have:" in verdict
+    assert "- [met] All services are healthy" in verdict
     log = next(text for text in thread_texts if "DEPLOYMENT LOG - v11.0.0" in text)
     assert f"Authorized by: {APPROVER}" in log
     assert f"Previous version: {sample_site.DEFAULT_VERSION}" in log

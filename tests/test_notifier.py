@@ -188,7 +188,7 @@ def test_rapid_changes_coalesced(
     message = standin.messages(CHANNEL)[0]
     assert message.text == text
     assert message.blocks == blocks
-    assert "(30/32)" in message.text
+    assert "(30/34)" in message.text
 
 
 def test_update_retried_after_429(

@@ -38,7 +38,7 @@ def test_fresh(config: Config):
     text, blocks = views.checklist_message(config, deployment, steps, [])
 
     assert message_errors(blocks) == []
-    assert text == "v1.4.2 → production: queued (0/32)"
+    assert text == "v1.4.2 → production: queued (0/34)"
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Queued"
     assert actions_of(blocks) == []
     phase_lines = section_texts(blocks)
@@ -67,7 +67,7 @@ def test_running_mid_phase(config: Config):
     assert message_errors(blocks) == []
     verify = phase_section(blocks, "Pre-deployment 3: Environment checks")
     assert text == (
-        "v1.4.2 → production: running Pre-deployment 3: Environment checks: Check disk space (6/32)"
+        "v1.4.2 → production: running Pre-deployment 3: Environment checks: Check disk space (6/34)"
     )
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Running"
     assert phases[0].startswith(":white_check_mark: *Pre-deployment validation* · 4/4 done · ")
@@ -80,7 +80,7 @@ def test_running_mid_phase(config: Config):
     staging = phase_section(blocks, "Phase 1: Staging validation")
     assert staging.startswith(":white_circle: *Phase 1: Staging validation* · not started")
     assert actions_of(blocks) == []
-    assert footer_of(blocks).startswith("Phase 4 of 11 · 6 of 32 steps · ")
+    assert footer_of(blocks).startswith("Phase 4 of 11 · 6 of 34 steps · ")
 
 
 def test_waiting_on_gate(config: Config):
@@ -98,7 +98,7 @@ def test_waiting_on_gate(config: Config):
     buttons = actions_of(blocks)
 
     assert message_errors(blocks) == []
-    assert text == "v1.4.2 → production: waiting for Go/no-go for the rollout (18/32)"
+    assert text == "v1.4.2 → production: waiting for Go/no-go for the rollout (18/34)"
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Waiting for approval"
     assert [button["text"]["text"] for button in buttons] == ["Approve", "Reject"]
     assert [button["action_id"] for button in buttons] == [decisions.APPROVE, decisions.REJECT]
@@ -151,7 +151,7 @@ def test_waiting_on_manual_check(config: Config):
     buttons = actions_of(blocks)
 
     assert message_errors(blocks) == []
-    assert text == "v1.4.2 → production: waiting for Code review (0/32)"
+    assert text == "v1.4.2 → production: waiting for Code review (0/34)"
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Waiting for a check"
     assert len(buttons) == 1
     assert buttons[0]["action_id"] == decisions.DONE
@@ -200,7 +200,7 @@ def test_failed(config: Config):
     )
     assert f":rotating_light: *Halted:* Pull the new image: {error}" in shown
     assert actions_of(blocks) == []
-    assert footer_of(blocks).startswith("Phase 8 of 11 · 20 of 32 steps · ")
+    assert footer_of(blocks).startswith("Phase 8 of 11 · 20 of 34 steps · ")
 
 
 def test_failed_hides_later_steps(config: Config):
@@ -248,7 +248,7 @@ def test_succeeded(config: Config):
     phases = section_texts(blocks)
 
     assert message_errors(blocks) == []
-    assert text == "v1.4.2 → production: deployed (32/32)"
+    assert text == "v1.4.2 → production: deployed (34/34)"
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Deployed"
     assert actions_of(blocks) == []
     assert len(phases) == 11
@@ -257,7 +257,7 @@ def test_succeeded(config: Config):
         assert "\n" not in phase, phase
     assert " · 5/5 done · " in phase_section(blocks, "Pre-deployment 3: Environment checks")
     assert footer_of(blocks) == (
-        f"Phase 11 of 11 · 32 of 32 steps · 12 min 30 s elapsed · approved by <@{APPROVER}>"
+        f"Phase 11 of 11 · 34 of 34 steps · 12 min 30 s elapsed · approved by <@{APPROVER}>"
     )
 
 
@@ -389,7 +389,7 @@ def test_alert_message(config: Config):
     assert f"<@{REQUESTER}>" in text
     assert "*Phase 3: Rollout: Pull the new image*" in text
     assert "exit code 1 on prod-app.example.invalid" in text
-    assert "11 later step(s) were not run." in text
+    assert "13 later step(s) were not run." in text
 
 
 def test_alert_message_long_error(config: Config):
