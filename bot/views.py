@@ -7,7 +7,7 @@ label) are kept here: finished phases collapse to one line and long text is cut 
 from datetime import datetime
 from typing import Any
 
-from commands import decisions, signoff
+from commands import decisions, notice, signoff
 from commands.context import Form
 from commands.deploy_log import render_log
 from engine.config import SIGNOFF_SLOTS, Config
@@ -300,6 +300,10 @@ def _waiting_blocks(
     value = decisions.button_value(deployment.id, step.step_id)
     if step.kind == "signoff":
         text, buttons = _final_signoff(definition.signoff.items, step, value, sign_offs)
+    elif step.kind == "notify":
+        fields = ", ".join(field.label for field in definition.notify.ask)
+        text = f":raised_hand: *{step.title}*: a deployer writes the notice ({fields})."
+        buttons = [_button("Write the notice", notice.WRITE, value, "primary", None)]
     elif step.kind == "gate":
         prompt = _render_prompt(definition.gate.prompt, config, deployment)
         text = (

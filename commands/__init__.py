@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from commands import cancel, decisions, deploy, deploy_log, phase, signoff, status
+from commands import cancel, decisions, deploy, deploy_log, notice, phase, signoff, status
 from commands.context import Reply, Request, Services
 from engine.config import SIGNOFF_SLOTS, Config
 
@@ -26,9 +26,13 @@ def button_handlers() -> dict[str, Handler]:
     """Return every button's action ID with its handler."""
     handlers: dict[str, Handler] = {action: decisions.handle for action in decisions.DECISIONS}
     handlers[signoff.REJECT] = signoff.reject
+    handlers[notice.WRITE] = notice.open_form
     for slot, _, _ in SIGNOFF_SLOTS:
         handlers[signoff.sign_action(slot)] = signoff.sign
     return handlers
 
 
-FORM_HANDLERS: dict[str, Handler] = {signoff.REASON_FORM: signoff.submit_reason}
+FORM_HANDLERS: dict[str, Handler] = {
+    signoff.REASON_FORM: signoff.submit_reason,
+    notice.FORM: notice.submit,
+}

@@ -45,6 +45,8 @@ def render_log(
         "PRE-DEPLOYMENT:",
         f"- Backups created: {variables.get('backup_location') or 'none recorded'}",
         f"- Previous version: {variables.get('previous_version') or 'unknown'}",
+        f"- Maintenance window: {variables.get('notice.maintenance_window') or '-'}",
+        f"- Rollback plan: {variables.get('notice.rollback_plan') or '-'}",
         f"- Health checks: {_overall([by_id.get(i) for i in fields.health_checks])}",
         "",
         "DEPLOYMENT EXECUTION:",

@@ -160,3 +160,7 @@ def secrets_missing(environment: str, missing: list[tuple[str, str]]) -> str:
         f"`{environment}` needs secrets that are not set where gonogo runs: {names}. "
         "Set those environment variables for gonogo and restart it; nothing was started."
     )
+
+
+def field_required() -> str:
+    return "Fill this in; the notice is sent with it."

@@ -159,11 +159,22 @@ class ManualSpec(Strict):
     role: Literal["deployers", "approvers"] = "deployers"
 
 
+class NoticeField(Strict):
+    name: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+    label: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
+
+
 class NotifySpec(Strict):
-    """A message to named channels of the environment."""
+    """A message to named channels of the environment.
+
+    With ``ask``, a deployer first fills in those fields in a form; the text names them as
+    ``{{ notice.NAME }}``. ``mention`` names entries of the environment's contacts to mention.
+    """
 
     to: list[StrictStr]
     text: StrictStr
+    ask: list[NoticeField] = []
+    mention: list[StrictStr] = []
 
 
 class WaitSpec(Strict):
@@ -945,6 +956,8 @@ def _check_references(
                     )
                 )
 
+            if step.notify:
+                known |= {f"notice.{field.name}" for field in step.notify.ask}
             for field, text in step_texts(step):
                 for name in placeholders(text):
                     if name not in known:
@@ -958,6 +971,9 @@ def _check_references(
                 for channel in step.notify.to:
                     if channel not in environment.notify_channels:
                         report(("notify", "to"), f"notify channel {channel!r} is not defined")
+                for contact in step.notify.mention:
+                    if contact not in environment.contacts:
+                        report(("notify", "mention"), f"contact {contact!r} is not defined")
             known |= _captures(step)
 
 

@@ -223,6 +223,11 @@ class Runner:
             sign_off = _sign_off_for(session, deployment.id, step.step_id)
             if sign_off is None:
                 return None
+            if step.kind == "notify":
+                # The notice's fields are filled in; the step now sends it like any other.
+                repository.update_step(session, step, status=StepStatus.PENDING)
+                deployment.status = DeploymentStatus.RUNNING
+                return _CONTINUE
             self._apply_sign_off(session, deployment, step, sign_off)
             return _CONTINUE
         if step.kind == "gate" and not environment.require_approval:
@@ -236,7 +241,10 @@ class Runner:
                 error=reason,
             )
             return _CONTINUE
-        if step.kind in ("manual", "gate", "signoff") or step.manual_reason:
+        asks = step.kind == "notify" and bool(definition.notify.ask)
+        if asks and _sign_off_for(session, deployment.id, step.step_id) is not None:
+            asks = False  # filled in already: send it below
+        if step.kind in ("manual", "gate", "signoff") or step.manual_reason or asks:
             repository.update_step(session, step, status=StepStatus.WAITING, started_at=now)
             deployment.status = DeploymentStatus.WAITING
             deployment.updated_at = now
@@ -413,6 +421,9 @@ class Runner:
             return _Outcome(True, output=f"waited {step.wait.seconds:g} s")
         if step.notify is not None:
             text = render(step.notify.text, values)
+            mentions = [_mention(environment.contacts[name]) for name in step.notify.mention]
+            if mentions:
+                text = f"{' '.join(mentions)} {text}"
             notices = [(environment.notify_channels[name], text) for name in step.notify.to]
             names = ", ".join(step.notify.to)
             return _Outcome(True, output=f"sent to {names}", notices=notices)
@@ -613,6 +624,12 @@ def _sign_off_for(session, deployment_id: int, step_id: str) -> SignOff | None:
         if sign_off.step_id == step_id and not sign_off.slot:
             return sign_off
     return None
+
+
+def _mention(contact: str) -> str:
+    """Return Slack's mention of a user ID; a @handle stays text, since mentioning a user
+    group needs its ID."""
+    return f"<@{contact}>" if re.fullmatch(r"[UW][A-Z0-9]+", contact) else contact
 
 
 def _step_seconds(step: Step) -> float:

@@ -12,7 +12,8 @@ from tests.support.gonogo_server import PROJECT_DIR, free_port
 from tests.support.postgres import server_url
 
 # Manual checks before the gate, then the gate, then those after it in the `local` environment.
-CHECKS_BEFORE_GATE = 7
+CHECKS_BEFORE_NOTICE = 4
+CHECKS_BEFORE_GATE = 3
 CHECKS_AFTER_GATE = 3
 
 
@@ -51,6 +52,8 @@ def run_console(env, script: str) -> str:
 
 def test_console_deploys_sample(console_env):
     script = "/deploy v11.0.0 local\nwait\n"
+    script += "press 1\nwait\n" * CHECKS_BEFORE_NOTICE
+    script += "press 1\nsubmit Sunday 10:00-10:30 UTC | Quick rollback from the backup\nwait\n"
     script += "press 1\nwait\n" * CHECKS_BEFORE_GATE
     script += "press 1\nas U0APPROVER\npress 1\nwait\nas U0RELEASE\n"
     script += "press 1\nwait\n" * CHECKS_AFTER_GATE
@@ -62,6 +65,7 @@ def test_console_deploys_sample(console_env):
     assert "== v11.0.0 → local: Deployed ==" in output
     assert "DEPLOYMENT LOG - v11.0.0" in output
     assert "Authorized by: U0APPROVER" in output
+    assert "Maintenance window: Sunday 10:00-10:30 UTC" in output  # the notice and the log
     site = sample_site.load(Path(console_env["GONOGO_HOME"]) / "local-site")
     assert site.version == "v11.0.0"
 

@@ -39,6 +39,7 @@ SIGNERS = {  # who presses each slot of the final sign-off
 }
 CHANNEL = "C0PRODUCTION"
 TEST_TOKEN = "e2e-api-token-7f3a"
+NOTICE_WINDOW = "Sunday 10:00-10:30 UTC, approvals paused"
 SEED_ROWS = 3
 RUN_TIMEOUT = 240.0
 
@@ -198,7 +199,9 @@ def drive_until_finished(slack, requester: SlackRequester, server: GonogoServer)
         button = fresh[0]
         if button["action_id"] == "gate.reject":
             button = next(b for b in fresh if b["action_id"] == "gate.approve")
-        if button["action_id"] == "gate.approve":
+        if button["action_id"] == "notice.write":
+            write_notice(slack, requester, message, button)
+        elif button["action_id"] == "gate.approve":
             refusals.append(press(slack, requester, message, button, REQUESTER))
             press(slack, requester, message, button, APPROVER)
             pressed.add(button["value"] + "gate.reject")
@@ -206,6 +209,31 @@ def drive_until_finished(slack, requester: SlackRequester, server: GonogoServer)
             press(slack, requester, message, button, SIGNERS.get(button["action_id"], REQUESTER))
         pressed.add(button["value"] + button["action_id"])
     raise AssertionError(f"the deployment did not finish in time:\n{server.tail()}")
+
+
+def write_notice(slack, requester: SlackRequester, message, button) -> None:
+    """Press "Write the notice" and submit the form Slack would show."""
+    opened = len(slack.calls("views.open"))
+    response = requester.action(
+        button["action_id"],
+        button["value"],
+        user_id=REQUESTER,
+        channel_id=CHANNEL,
+        message_ts=message.ts,
+    )
+    assert response.status_code == 200
+    calls = slack.wait_for(lambda: slack.calls("views.open")[opened:], timeout=10)
+    view = calls[0].args["view"]
+    submitted = requester.view_submission(
+        view["callback_id"],
+        {
+            "maintenance_window": {"value": NOTICE_WINDOW},
+            "rollback_plan": {"value": "Quick rollback from the backup"},
+        },
+        user_id=REQUESTER,
+        private_metadata=view["private_metadata"],
+    )
+    assert submitted.status_code == 200
 
 
 def press(slack, requester: SlackRequester, message, button, user: str) -> str:
@@ -306,7 +334,9 @@ def test_release_to_production(tmp_path, target, slack):
     assert f"Previous version: {sample_site.DEFAULT_VERSION}" in log
     assert str(backup_dir) in log
     assert "- API Health: PASS" in log
-    assert slack.messages("C0OPERATIONS"), "the stakeholder notice was not posted"
+    notice = slack.messages("C0OPERATIONS")[0].text
+    assert f"Maintenance window: {NOTICE_WINDOW}." in notice
+    assert notice.startswith(f"<@{REQUESTER}> <@{REQUESTER}> Release v11.0.0")
     assert slack.violations == []
     assert TEST_TOKEN not in "\n".join(str(call.args) for call in slack.calls())
 
