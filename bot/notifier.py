@@ -330,7 +330,8 @@ class Notifier:
         if message.kind == "alert":
             return channel, [views.alert_message(deployment, steps, message.step_id)], thread, True
         if message.kind == "decision":
-            sign_off = next(s for s in sign_offs if s.step_id == message.step_id)
+            slot = message.text or ""  # the slot of a final sign-off, empty for other steps
+            sign_off = next(s for s in sign_offs if s.step_id == message.step_id and s.slot == slot)
             return (
                 channel,
                 [views.decision_message(sign_off, by_id[message.step_id])],

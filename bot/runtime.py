@@ -105,6 +105,10 @@ class SecretFilter(logging.Filter):
         masked = self.masker(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info:
+            # Format the traceback here, so its text is masked before a handler prints it.
+            record.exc_text = self.masker(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 

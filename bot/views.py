@@ -184,11 +184,19 @@ def decision_message(sign_off: SignOff, step: StepRun) -> str:
         "approved": ":white_check_mark:",
         "rejected": ":no_entry:",
         "done": ":ballot_box_with_check:",
+        "signed": ":white_check_mark:",
     }
-    return (
+    labels = {slot: label for slot, label, _ in SIGNOFF_SLOTS}
+    what = f"*{step.title}*"
+    if sign_off.slot in labels:
+        what = f"*{step.title}* as {labels[sign_off.slot]}"
+    text = (
         f"{marks.get(sign_off.decision, ':grey_question:')} <@{sign_off.user_id}> "
-        f"{_decision_verb(sign_off.decision)} *{step.title}* at {_date_token(sign_off.decided_at)}"
+        f"{_decision_verb(sign_off.decision)} {what} at {_date_token(sign_off.decided_at)}"
     )
+    if sign_off.comment:
+        text += f": {_cut(sign_off.comment, 2000)}"
+    return text
 
 
 def log_messages(

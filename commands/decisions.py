@@ -5,6 +5,7 @@ and when. The first stored decision wins; a later or double press changes nothin
 """
 
 import logging
+import re
 
 from commands import messages
 from commands.context import Reply, Request, Services
@@ -113,7 +114,7 @@ def find_step(services: Services, value: str):
     """Return (deployment, step, rest) named by a button value ``id:step[:rest]``."""
     deployment_id, _, remainder = value.partition(":")
     step_id, _, rest = remainder.partition(":")
-    if not deployment_id.isdigit() or not step_id:
+    if not re.fullmatch(r"[0-9]{1,18}", deployment_id) or not step_id:
         return None, None, ""
     with services.db.session() as session:
         deployment = repository.get_deployment(session, int(deployment_id))

@@ -164,3 +164,10 @@ def secrets_missing(environment: str, missing: list[tuple[str, str]]) -> str:
 
 def field_required() -> str:
     return "Fill this in; the notice is sent with it."
+
+
+def signoff_was_rejected(deployment: Deployment) -> str:
+    return (
+        f"The final sign-off of deployment #{deployment.id} was rejected, and that decision "
+        "stands. Fix what the rejection names, then start a new deployment."
+    )

@@ -35,14 +35,22 @@ def open_form(services: Services, request: Request) -> Reply:
 
 def submit(services: Services, request: Request) -> Reply:
     rejection, deployment, step = _check(services, request, request.text)
+    ask = services.config.runbook.step(step.step_id).notify.ask if step else []
     if rejection is not None:
-        return rejection
-    ask = services.config.runbook.step(step.step_id).notify.ask
+        # A form only shows field errors, so the refusal is shown on its first field.
+        field = ask[0].name if ask else "notice"
+        return Reply(rejection.text, errors={field: rejection.text})
     values = {field.name: request.values.get(field.name, "").strip() for field in ask}
     empty = {name: messages.field_required() for name, value in values.items() if not value}
     if empty:
         return Reply("", errors=empty)
     with services.db.session() as session:
+        decided = [
+            s for s in repository.sign_offs_of(session, deployment.id) if s.step_id == step.step_id
+        ]
+        if decided:  # someone sent the notice first; keep their text
+            text = messages.already_decided(decided[0], step.title)
+            return Reply(text, errors={ask[0].name: text})
         row = repository.get_deployment(session, deployment.id)
         notice = {f"notice.{name}": value for name, value in values.items()}
         row.variables = {**(row.variables or {}), **notice}

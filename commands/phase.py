@@ -68,6 +68,8 @@ def _rejection(services, command, deployment: Deployment, steps, phase_ids) -> s
         title = busy.title if busy else "its next step"
         return messages.deployment_busy(deployment, title)
     phase_steps = [step for step in steps if step.phase_id in phase_ids]
+    if any(step.kind == "signoff" and step.status == StepStatus.FAILED for step in phase_steps):
+        return messages.signoff_was_rejected(deployment)
     if all(step.status in COMPLETED for step in phase_steps):
         return messages.phase_already_passed(command, deployment, _following(services, command))
     return None

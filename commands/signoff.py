@@ -67,7 +67,8 @@ def submit_reason(services: Services, request: Request) -> Reply:
         return Reply("", errors={REASON_FIELD: messages.reason_required()})
     rejection, deployment, step = _check_rejection(services, request, request.text)
     if rejection is not None:
-        return rejection
+        # A form only shows field errors, so the refusal is shown on its field.
+        return Reply(rejection.text, errors={REASON_FIELD: rejection.text})
     return store_decision(
         services, request, deployment, step, "rejected", slot=REJECTED_SLOT, comment=reason
     )

@@ -8,6 +8,8 @@ a lease on the deployment while it runs, and stops when the next step waits for 
 import logging
 import os
 import re
+import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -101,9 +103,9 @@ def deployment_variables(deployment: Deployment, environment: Environment) -> di
         runbook=deployment.runbook,
         deadline_7d=(deployment.created_at + timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    for name, variable in environment.secrets.items():
-        if os.environ.get(variable):
-            values[f"secrets.{name}"] = os.environ[variable]
+    for name, value in secret_values(environment).items():
+        if value:
+            values[f"secrets.{name}"] = value
     return values
 
 
@@ -116,15 +118,21 @@ def missing_secrets(runbook: Runbook, environment: Environment) -> list[tuple[st
         for name in placeholders(text)
         if name.startswith("secrets.")
     }
+    values = secret_values(environment)
     return [
         (name, environment.secrets[name])
         for name in sorted(used)
-        if name in environment.secrets and not os.environ.get(environment.secrets[name])
+        if name in environment.secrets and not values[name]
     ]
 
 
 def secret_values(environment: Environment) -> dict[str, str]:
-    return {name: os.environ.get(variable, "") for name, variable in environment.secrets.items()}
+    """Return each secret's value, stripped; one with control characters counts as unset."""
+    values = {}
+    for name, variable in environment.secrets.items():
+        value = os.environ.get(variable, "").strip()
+        values[name] = "" if any(ord(char) < 32 for char in value) else value
+    return values
 
 
 class Runner:
@@ -141,6 +149,7 @@ class Runner:
         self.db = db
         self.config = config
         self.owner = owner
+        self._run_owner = threading.local()  # the lease owner of the run on this thread
         self.clock = clock or Clock()
         self.observer = observer or NullObserver()
         self.probe_transport = probe_transport
@@ -149,13 +158,16 @@ class Runner:
 
     def run(self, deployment_id: int) -> None:
         """Advance the deployment as far as it can go, unless another worker holds it."""
+        # Each call holds its own lease, so two threads of one process exclude each other too.
+        run_owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         with self.db.session() as session:
             seen = repository.claim_run(
-                session, deployment_id, self.owner, self.clock.now(), LEASE_MARGIN
+                session, deployment_id, run_owner, self.clock.now(), LEASE_MARGIN
             )
         if seen is None:
             logger.info("Deployment %s is run by another worker", deployment_id)
             return
+        self._run_owner.value = run_owner
         while True:
             try:
                 self._advance(deployment_id)
@@ -163,9 +175,15 @@ class Runner:
                 logger.exception("Deployment %s: the run stopped on an error", deployment_id)
                 self._fail_unexpectedly(deployment_id)
             with self.db.session() as session:
-                if repository.release_run(session, deployment_id, self.owner, seen):
+                if repository.release_run(session, deployment_id, run_owner, seen):
                     return
                 deployment = repository.get_deployment(session, deployment_id)
+                if deployment.lease_owner != run_owner:
+                    # The lease lapsed and another worker took the run over; it goes on there.
+                    logger.warning(
+                        "Deployment %s: lease lost to %s", deployment_id, deployment.lease_owner
+                    )
+                    return
                 seen = deployment.wake_seq
 
     # --- the step loop -----------------------------------------------------------------------
@@ -263,7 +281,11 @@ class Runner:
         deployment.status = DeploymentStatus.RUNNING
         deployment.updated_at = now
         repository.extend_run(
-            session, deployment.id, self.owner, now, _step_seconds(definition) + LEASE_MARGIN
+            session,
+            deployment.id,
+            self._run_owner.value,
+            now,
+            _step_seconds(definition, environment) + LEASE_MARGIN,
         )
         values = deployment_variables(deployment, environment)
         return lambda: self._execute(deployment.id, step.id, definition, environment, values)
@@ -295,6 +317,20 @@ class Runner:
             return None
         if any(slot not in signed for slot, _, _ in SIGNOFF_SLOTS):
             deployment.status = DeploymentStatus.WAITING  # a decision woke it, others remain
+            return None
+        environment = self.config.environments[deployment.environment]
+        deployer, authorizer = signed["deployed_by"].user_id, signed["authorized_by"].user_id
+        if environment.separate_authorizer and deployer == authorizer:
+            # Two presses at the same moment can pass the check each makes alone.
+            error = f"{deployer} signed both Deployed by and Authorized by"
+            repository.update_step(session, step, status=StepStatus.FAILED, error=error)
+            self._finish(
+                session,
+                deployment,
+                DeploymentStatus.FAILED,
+                error=f"{step.title}: {error}",
+                failed_step=step.step_id,
+            )
             return None
         last = max(sign_off.decided_at for sign_off in signed.values())
         repository.update_step(session, step, status=StepStatus.PASSED, finished_at=last)
@@ -503,6 +539,7 @@ class Runner:
     ) -> None:
         now = self.clock.now()
         deployment.status = status
+        deployment.cancel_requested_by = None  # a request left from before this end is spent
         deployment.finished_at = now
         deployment.updated_at = now
         deployment.error = error
@@ -632,9 +669,12 @@ def _mention(contact: str) -> str:
     return f"<@{contact}>" if re.fullmatch(r"[UW][A-Z0-9]+", contact) else contact
 
 
-def _step_seconds(step: Step) -> float:
+def _step_seconds(step: Step, environment: Environment) -> float:
+    """Return the longest a step may take; the worker's lease must outlast it."""
     if step.run:
-        return step.run.timeout
+        hosts = len(environment.hosts[step.run.hosts])
+        connect = environment.ssh.connect_timeout if environment.ssh else 0.0
+        return hosts * (step.run.timeout + connect)
     if step.probe:
         probe = step.probe
         return probe.initial_delay + probe.attempts * (probe.timeout + probe.interval)

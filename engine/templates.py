@@ -56,4 +56,8 @@ class Masker:
             return text
         for value in reversed(self._values):
             text = text.replace(value, "********")
+            # Libraries quote a value they reject, escaping its special characters.
+            escaped = repr(value)[1:-1]
+            if escaped != value:
+                text = text.replace(escaped, "********")
         return text

@@ -156,11 +156,7 @@ def claim_run(session: Session, deployment_id: int, owner: str, now: datetime, t
         update(Deployment)
         .where(
             col(Deployment.id) == deployment_id,
-            or_(
-                col(Deployment.lease_owner).is_(None),
-                col(Deployment.lease_owner) == owner,
-                col(Deployment.lease_until) < now,
-            ),
+            or_(col(Deployment.lease_owner).is_(None), col(Deployment.lease_until) < now),
         )
         .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl))
     )

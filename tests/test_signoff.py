@@ -12,6 +12,7 @@ from bot.app import build_app
 from bot.slack_port import web_client
 from commands import FORM_HANDLERS, button_handlers, signoff, slash_commands
 from commands.context import Request, Services
+from commands.decisions import find_step, store_decision
 from commands.deploy_log import render_log
 from commands.roles import StaticDirectory
 from engine.config import load_config
@@ -329,3 +330,43 @@ def test_reject_form_through_slack(services):
     assert given.status_code == 200
     assert deployment.status == DeploymentStatus.FAILED
     assert "Metrics are missing" in steps["final"].error
+
+
+def test_rejected_signoff_is_not_rerun(services):
+    reject(services, APPROVER, "Smoke tests are red")
+    reply = slash_commands(services.config)["/signoff"](
+        services, Request(DEPLOYER, "C0PRODUCTION", "", command="/signoff")
+    )
+
+    assert "was rejected, and that decision stands" in reply.text
+
+
+def test_same_signer_on_both_slots_fails(services):
+    # Two presses at once can each pass the check alone; store both as that race would.
+    for slot, user in (("deployed_by", BOTH), ("validated_by", VALIDATOR)):
+        sign(services, slot, user)
+    deployment, step, _ = find_step(services, VALUE)
+    store_decision(
+        services,
+        Request(BOTH, "C0PRODUCTION", VALUE, action_id=signoff.sign_action("authorized_by")),
+        deployment,
+        step,
+        "signed",
+        slot="authorized_by",
+    )
+    deployment, steps, _, _ = state(services)
+
+    assert deployment.status == DeploymentStatus.FAILED
+    assert steps["final"].error == "U0BOTH signed both Deployed by and Authorized by"
+
+
+def test_thread_message_names_slot_and_reason(services):
+    sign(services, "deployed_by", DEPLOYER)
+    reject(services, VALIDATOR, "Webhooks fail")
+    _, steps, _, sign_offs = state(services)
+    texts = [views.decision_message(s, steps["final"]) for s in sign_offs]
+
+    assert texts[0].startswith(":white_check_mark: <@U0RELEASE> signed *Final checklist* as")
+    assert "as Deployed by" in texts[0]
+    assert texts[1].startswith(":no_entry: <@U0VALIDATOR> rejected *Final checklist*")
+    assert texts[1].endswith(": Webhooks fail")

@@ -161,13 +161,6 @@ def test_claim_run_one_owner(db: Database):
         assert repository.get_deployment(session, deployment.id).lease_owner == "worker-a"
 
 
-def test_claim_run_same_owner_again(db: Database):
-    deployment = create(db, "production")
-    claim_run(db, deployment.id, "worker-a")
-
-    assert claim_run(db, deployment.id, "worker-a", NOW + timedelta(seconds=10)) == 0
-
-
 def test_claim_run_after_lease_expired(db: Database):
     deployment = create(db, "production")
     claim_run(db, deployment.id, "worker-a")
@@ -471,3 +464,17 @@ def run_together(owners: list[str], work) -> dict:
     assert not errors, errors
     assert len(results) == len(owners)
     return results
+
+
+def test_claim_run_excludes_same_owner_prefix(db: Database):
+    deployment = create(db, "production")
+    with db.session() as session:
+        first = repository.claim_run(session, deployment.id, "proc:run-a", NOW, 60)
+    with db.session() as session:
+        second = repository.claim_run(session, deployment.id, "proc:run-b", NOW, 60)
+    with db.session() as session:
+        again = repository.claim_run(session, deployment.id, "proc:run-a", NOW, 60)
+
+    assert first is not None
+    assert second is None
+    assert again is None  # a lease is never taken twice, not even by its holder

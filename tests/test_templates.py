@@ -176,3 +176,11 @@ def test_masker_passes_empty_text():
 
 def test_masker_without_secrets():
     assert Masker()("plain text") == "plain text"
+
+
+def test_masker_hides_escaped_secret():
+    masker = Masker({"token": "s3cr3t\n"})
+
+    assert masker("Illegal header value b'Bearer s3cr3t\\n'") == (
+        "Illegal header value b'Bearer ********'"
+    )
