@@ -9,26 +9,16 @@ import logging
 
 from commands import messages
 from commands.context import Reply, Request, Services
-from commands.lookup import environment_of
-from commands.roles import has_role
+from commands.lookup import READERS, environment_for
 from storage import repository
 
 logger = logging.getLogger(__name__)
 
 
 def handle(services: Services, request: Request) -> Reply:
-    words = request.text.split()
-    if len(words) > 1:
-        return Reply(messages.phase_usage("/deploy-cancel", first=False))
-    environment_name, error = environment_of(services, request, words[0] if words else None)
+    environment_name, error = environment_for(services, request, READERS, "cancel")
     if error:
         return Reply(error)
-    environment = services.config.environments[environment_name]
-    if not any(
-        has_role(services.directory, environment, role, request.user_id)
-        for role in ("deployers", "approvers")
-    ):
-        return Reply(messages.role_needed("deployer or approver", environment_name, "cancel"))
     now = services.clock.now()
     with services.db.session() as session:
         deployment = repository.active_deployment(session, environment_name)

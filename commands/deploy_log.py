@@ -4,8 +4,7 @@ from datetime import datetime
 
 from commands import messages
 from commands.context import Reply, Request, Services
-from commands.lookup import current_deployment, environment_of
-from commands.roles import has_role
+from commands.lookup import READERS, current_deployment, environment_for
 from engine.config import REJECTED_SLOT, SIGNOFF_SLOTS, Config
 from storage import repository
 from storage.models import AuditEvent, Deployment, OutboxMessage, SignOff, StepRun, StepStatus
@@ -154,18 +153,9 @@ def _seconds(start: datetime | None, end: datetime | None) -> str:
 
 def handle(services: Services, request: Request) -> Reply:
     """``/deploy-log [environment]``: upload the log of the environment's deployment here."""
-    words = request.text.split()
-    if len(words) > 1:
-        return Reply(messages.phase_usage("/deploy-log", first=False))
-    environment_name, error = environment_of(services, request, words[0] if words else None)
+    environment_name, error = environment_for(services, request, READERS, "read logs")
     if error:
         return Reply(error)
-    environment = services.config.environments[environment_name]
-    if not any(
-        has_role(services.directory, environment, role, request.user_id)
-        for role in ("deployers", "approvers")
-    ):
-        return Reply(messages.role_needed("deployer or approver", environment_name, "read logs"))
     deployment = current_deployment(services, environment_name)
     if deployment is None:
         return Reply(messages.no_deployment(environment_name))

@@ -2,6 +2,7 @@
 
 from commands import messages
 from commands.context import Request, Services
+from commands.roles import has_role
 from storage import repository
 from storage.models import Deployment
 
@@ -31,3 +32,29 @@ def current_deployment(services: Services, environment: str) -> Deployment | Non
         return repository.active_deployment(session, environment) or repository.latest_deployment(
             session, environment
         )
+
+
+READERS = ("deployers", "approvers")
+
+
+def environment_for(
+    services: Services, request: Request, roles: tuple[str, ...], action: str
+) -> tuple[str | None, str | None]:
+    """Resolve ``[environment]`` in the text and check the user holds one of ``roles``.
+
+    Returns (environment name, None), or (None, the reply that explains the refusal).
+    """
+    words = request.text.split()
+    if len(words) > 1:
+        return None, messages.phase_usage(request.command, first=False)
+    environment_name, error = environment_of(services, request, words[0] if words else None)
+    if error:
+        return None, error
+    environment = services.config.environments[environment_name]
+    if not any(has_role(services.directory, environment, r, request.user_id) for r in roles):
+        needed = " or ".join(ROLE_WORDS[role] for role in roles)
+        return None, messages.role_needed(needed, environment_name, action)
+    return environment_name, None
+
+
+ROLE_WORDS = {"deployers": "deployer", "approvers": "approver", "validators": "validator"}

@@ -87,7 +87,7 @@ def _run_phase(services, request, deployment: Deployment, steps, phase_ids) -> R
         with services.db.session() as session:
             row = repository.get_deployment(session, deployment.id)
             if row.status == DeploymentStatus.FAILED:
-                repository.reacquire_environment(session, row, now)
+                repository.take_environment(session, row, now)
             first_position = min(s.position for s in steps if s.phase_id in phase_ids)
             for step in repository.steps_of(session, deployment.id):
                 if step.position >= first_position and step.status in (

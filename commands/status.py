@@ -2,8 +2,7 @@
 
 from commands import messages
 from commands.context import Reply, Request, Services
-from commands.lookup import current_deployment, environment_of
-from commands.roles import has_role
+from commands.lookup import READERS, current_deployment, environment_for
 from storage import repository
 from storage.models import DeploymentStatus, StepStatus
 
@@ -11,18 +10,9 @@ COMPLETED = (StepStatus.PASSED, StepStatus.SKIPPED)
 
 
 def handle(services: Services, request: Request) -> Reply:
-    words = request.text.split()
-    if len(words) > 1:
-        return Reply(messages.phase_usage("/deploy-status", first=False))
-    environment_name, error = environment_of(services, request, words[0] if words else None)
+    environment_name, error = environment_for(services, request, READERS, "see it")
     if error:
         return Reply(error)
-    environment = services.config.environments[environment_name]
-    if not any(
-        has_role(services.directory, environment, role, request.user_id)
-        for role in ("deployers", "approvers")
-    ):
-        return Reply(messages.role_needed("deployer or approver", environment_name, "see it"))
     deployment = current_deployment(services, environment_name)
     if deployment is None:
         return Reply(messages.no_deployment(environment_name))

@@ -54,20 +54,7 @@ def create_deployment(
     """
     session.add(deployment)
     session.flush()
-    lock = EnvironmentLock(
-        environment=deployment.environment, deployment_id=deployment.id, acquired_at=now
-    )
-    try:
-        session.add(lock)
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        active = active_deployment(session, deployment.environment)
-        if active is None:  # finished between the insert and the lookup; ask again
-            raise
-        # Detached, so the caller's rollback leaves its loaded fields readable.
-        session.expunge(active)
-        raise EnvironmentBusy(active) from None
+    take_environment(session, deployment, now)
     for step in steps:
         step.deployment_id = deployment.id
         session.add(step)
@@ -85,11 +72,11 @@ def latest_deployment(session: Session, environment: str) -> Deployment | None:
     return session.exec(statement.order_by(col(Deployment.id).desc()).limit(1)).first()
 
 
-def reacquire_environment(session: Session, deployment: Deployment, now: datetime) -> None:
-    """Take the environment's lock again for an ended deployment that resumes.
+def take_environment(session: Session, deployment: Deployment, now: datetime) -> None:
+    """Take the environment's lock for ``deployment``, new or resuming after it ended.
 
     Raises EnvironmentBusy when another deployment holds it. This must be the first write of
-    a fresh session: on a conflict the session is rolled back.
+    a fresh session (after the deployment's own insert): on a conflict it is rolled back.
     """
     lock = EnvironmentLock(
         environment=deployment.environment, deployment_id=deployment.id, acquired_at=now
@@ -100,8 +87,9 @@ def reacquire_environment(session: Session, deployment: Deployment, now: datetim
     except IntegrityError:
         session.rollback()
         active = active_deployment(session, deployment.environment)
-        if active is None:
+        if active is None:  # finished between the insert and the lookup; ask again
             raise
+        # Detached, so the caller's rollback leaves its loaded fields readable.
         session.expunge(active)
         raise EnvironmentBusy(active) from None
 

@@ -2,16 +2,13 @@
 
 import pytest
 
-from commands.context import Request, Services
+from commands.context import Request
 from commands.deploy import handle as deploy
-from commands.roles import StaticDirectory
 from engine import criteria
-from engine.config import Criterion, SuccessCriteria, load_config
-from engine.runner import Runner
+from engine.config import Criterion, SuccessCriteria
 from storage import repository
-from storage.db import Database
 from storage.models import DeploymentStatus, StepRun, StepStatus
-from tests.support.inline import InlineWorker, NoObserver
+from tests.support.inline import inline_services
 
 
 def step(step_id: str, status: StepStatus, output: str = "", manual_reason=None) -> StepRun:
@@ -133,19 +130,9 @@ environments:
 
 @pytest.fixture
 def services(tmp_path):
-    (tmp_path / "runbook.yml").write_text(RUNBOOK)
-    (tmp_path / "environments.yml").write_text(ENVIRONMENTS)
-    config = load_config(tmp_path / "runbook.yml", tmp_path / "environments.yml")
-    db = Database(f"sqlite:///{tmp_path / 'gonogo.db'}")
-    db.migrate()
-    yield Services(
-        config=config,
-        db=db,
-        worker=InlineWorker(Runner(db, config, owner="test")),
-        directory=StaticDirectory(),
-        observer=NoObserver(),
-    )
-    db.dispose()
+    services = inline_services(tmp_path, RUNBOOK, ENVIRONMENTS)
+    yield services
+    services.db.dispose()
 
 
 def test_unmet_must_have_halts_run(services):

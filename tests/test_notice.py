@@ -3,15 +3,11 @@
 import pytest
 
 from commands import FORM_HANDLERS, button_handlers, notice
-from commands.context import Request, Services
+from commands.context import Request
 from commands.deploy import handle as deploy
-from commands.roles import StaticDirectory
-from engine.config import load_config
-from engine.runner import Runner
 from storage import repository
-from storage.db import Database
 from storage.models import OutboxMessage, StepStatus
-from tests.support.inline import InlineWorker, NoObserver
+from tests.support.inline import inline_services
 
 RUNBOOK = """\
 name: noticed
@@ -48,21 +44,10 @@ environments:
 
 @pytest.fixture
 def services(tmp_path):
-    (tmp_path / "runbook.yml").write_text(RUNBOOK)
-    (tmp_path / "environments.yml").write_text(ENVIRONMENTS)
-    config = load_config(tmp_path / "runbook.yml", tmp_path / "environments.yml")
-    db = Database(f"sqlite:///{tmp_path / 'gonogo.db'}")
-    db.migrate()
-    services = Services(
-        config=config,
-        db=db,
-        worker=InlineWorker(Runner(db, config, owner="test")),
-        directory=StaticDirectory(),
-        observer=NoObserver(),
-    )
+    services = inline_services(tmp_path, RUNBOOK, ENVIRONMENTS)
     deploy(services, Request("U0RELEASE", "C0PRODUCTION", "v1.0.0 production", command="/deploy"))
     yield services
-    db.dispose()
+    services.db.dispose()
 
 
 def fill(services, user: str, window: str):

@@ -315,9 +315,7 @@ def test_reacquire_taken_environment(db: Database):
 
     with pytest.raises(repository.EnvironmentBusy) as busy:
         with db.session() as session:
-            repository.reacquire_environment(
-                session, repository.get_deployment(session, first.id), NOW
-            )
+            repository.take_environment(session, repository.get_deployment(session, first.id), NOW)
 
     assert busy.value.active.id == second.id
 
@@ -327,7 +325,7 @@ def test_reacquire_free_environment(db: Database):
     with db.session() as session:
         repository.release_environment(session, repository.get_deployment(session, first.id))
     with db.session() as session:
-        repository.reacquire_environment(session, repository.get_deployment(session, first.id), NOW)
+        repository.take_environment(session, repository.get_deployment(session, first.id), NOW)
     with db.session() as session:
         active = repository.active_deployment(session, "production")
 
