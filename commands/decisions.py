@@ -60,6 +60,8 @@ def store_decision(
     now = services.clock.now()
     try:
         with services.db.session() as session:
+            if not repository.lock_waiting_step(session, step.id):
+                return Reply(messages.step_moved_on(step.title))
             repository.record_sign_off(
                 session,
                 SignOff(

@@ -171,3 +171,7 @@ def signoff_was_rejected(deployment: Deployment) -> str:
         f"The final sign-off of deployment #{deployment.id} was rejected, and that decision "
         "stands. Fix what the rejection names, then start a new deployment."
     )
+
+
+def step_moved_on(step_title: str) -> str:
+    return f"*{step_title}* moved on before your press was stored, so it changed nothing."

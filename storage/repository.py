@@ -199,10 +199,24 @@ def mark_resuming(session: Session, deployment_id: int, now: datetime) -> None:
 # --- sign-offs and audit ---------------------------------------------------------------------
 
 
+def lock_waiting_step(session: Session, step_run_id: int) -> bool:
+    """Hold the row of a waiting step until the transaction ends; False if it is not waiting.
+
+    The runner changes the same row when the step moves on, so a decision stored in this
+    transaction cannot land on a step that a cancel or another decision has just ended.
+    """
+    result = session.execute(
+        update(StepRun)
+        .where(col(StepRun.id) == step_run_id, col(StepRun.status) == StepStatus.WAITING)
+        .values(attempts=StepRun.attempts)
+    )
+    return result.rowcount == 1
+
+
 def record_sign_off(session: Session, sign_off: SignOff) -> SignOff:
     """Store a decision, or raise AlreadyDecided with the one stored first.
 
-    This must be the first write of a fresh session: on a conflict the session is rolled back.
+    On a conflict the whole session is rolled back, so write nothing before it that must stay.
     """
     try:
         session.add(sign_off)

@@ -267,3 +267,16 @@ def test_deploy_needs_its_secrets(tmp_path, monkeypatch):
     assert "`token` (`GONOGO_TEST_UNSET_TOKEN`)" in reply.text
     assert "nothing was started" in reply.text
     assert active is None
+
+
+def test_press_on_ended_step_changes_nothing(services):
+    start(services)
+    deployment, step, _ = decisions.find_step(services, "1:go-no-go")
+    press(services, decisions.APPROVE, APPROVER)  # the step moves on
+    late = decisions.store_decision(
+        services, Request(APPROVER, "C0PRODUCTION", "1:go-no-go"), deployment, step, "rejected"
+    )
+    _, steps = state(services)
+
+    assert late.text == "*Go/no-go* moved on before your press was stored, so it changed nothing."
+    assert steps["go-no-go"].status == StepStatus.PASSED
