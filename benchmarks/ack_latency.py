@@ -56,7 +56,14 @@ def environments_file(directory: Path, rounds: int) -> Path:
                 "webhooks_url"
             ).split()
         }
-        | {"prometheus_url": None, "grafana_url": None, "staging_grafana_url": None},
+        | {
+            "prometheus_url": None,
+            "grafana_url": None,
+            "staging_grafana_url": None,
+            "tls_staging": None,
+            "tls_production": None,
+            "backup_min_free_gb": 0,
+        },
         "secrets": {"test_token": "BENCHMARK_TOKEN"},
         "contacts": {role: "U0BENCH" for role in ("operations", "database", "network", "on_call")},
     }

@@ -88,7 +88,9 @@ class ConsolePort:
         with self._lock:
             before = self.checklists.get(ts)
             self.checklists[ts] = (channel, blocks or [])
-            has_buttons = any(block["type"] == "actions" for block in blocks or [])
+            has_buttons = any(
+                block["type"] == "actions" or "accessory" in block for block in blocks or []
+            )
             finished = (
                 to_plain(text)
                 .split(": ", 1)[-1]
@@ -113,11 +115,15 @@ class ConsolePort:
 
     def _collect_buttons(self, ts: str, blocks) -> None:
         """Number the buttons of checklist message ``ts``; a redraw without them clears them."""
+        elements = []
+        for block in blocks or []:
+            if block["type"] == "actions":
+                elements += block["elements"]
+            elif block.get("accessory"):
+                elements.append(block["accessory"])
         found = [
             Button(element["text"]["text"], element["action_id"], element.get("value", ""), ts)
-            for block in blocks or []
-            if block["type"] == "actions"
-            for element in block["elements"]
+            for element in elements
             if element["type"] == "button"
         ]
         if found:

@@ -172,7 +172,10 @@ class Notifier:
                 return False
             steps = repository.steps_of(session, deployment_id)
             sign_offs = repository.sign_offs_of(session, deployment_id)
-        text, blocks = views.checklist_message(self.config, deployment, steps, sign_offs)
+            item_states = repository.all_item_states(session, deployment_id)
+        text, blocks = views.checklist_message(
+            self.config, deployment, steps, sign_offs, item_states
+        )
         digest = hashlib.sha256(json.dumps([text, blocks], sort_keys=True).encode()).hexdigest()
         if self._drawn.get(deployment_id) == digest:
             return False
@@ -271,7 +274,8 @@ class Notifier:
     def _log_file(self, message: OutboxMessage, deployment, steps, sign_offs) -> "_Post":
         with self.db.session() as session:
             trail = repository.audit_trail(session, deployment.id)
-        content = render_markdown(self.config, deployment, steps, sign_offs, trail)
+            item_states = repository.all_item_states(session, deployment.id)
+        content = render_markdown(self.config, deployment, steps, sign_offs, trail, item_states)
         filename = f"deployment-{deployment.id}-{deployment.environment}-{deployment.version}.md"
         title = f"Deployment log #{deployment.id}: {deployment.version} to {deployment.environment}"
         return _Post([message], message.channel, [], None, False, False, (filename, content, title))
@@ -338,6 +342,12 @@ class Notifier:
                 thread,
                 False,
             )
+        if message.kind == "item":
+            with self.db.session() as session:
+                item_states = repository.all_item_states(session, deployment.id)
+            step = by_id[message.step_id]
+            text = views.item_message(self.config, step, item_states, int(message.text))
+            return channel, [text], thread, False
         if message.kind == "cancelled":
             return channel, [views.cancelled_message(deployment, steps)], thread, False
         if message.kind == "reminder":
@@ -348,7 +358,9 @@ class Notifier:
             text = views.paused_message(self.config, by_id[message.step_id])
             return channel, [text], thread, False
         if message.kind == "log":
-            texts = views.log_messages(self.config, deployment, steps, sign_offs)
+            with self.db.session() as session:
+                item_states = repository.all_item_states(session, deployment.id)
+            texts = views.log_messages(self.config, deployment, steps, sign_offs, item_states)
             return channel, texts, thread, False
         raise ValueError(f"unknown outbox message kind {message.kind!r}")
 

@@ -7,13 +7,20 @@ label) are kept here: finished phases collapse to one line and long text is cut 
 from datetime import datetime
 from typing import Any
 
-from commands import decisions, notice, signoff
+from commands import checklist, decisions, notice, signoff
 from commands.context import Form
 from commands.deploy_log import render_log
 from engine.config import SIGNOFF_SLOTS, Config
-from engine.runner import deployment_variables
+from engine.runner import checkable_items, deployment_variables
 from engine.templates import MissingValue, render
-from storage.models import Deployment, DeploymentStatus, SignOff, StepRun, StepStatus
+from storage.models import (
+    ChecklistItemState,
+    Deployment,
+    DeploymentStatus,
+    SignOff,
+    StepRun,
+    StepStatus,
+)
 
 SECTION_LIMIT = 3000
 HEADER_LIMIT = 150
@@ -42,7 +49,11 @@ DEPLOYMENT_WORDS = {
 
 
 def checklist_message(
-    config: Config, deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]
+    config: Config,
+    deployment: Deployment,
+    steps: list[StepRun],
+    sign_offs: list[SignOff],
+    item_states: list[ChecklistItemState] | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """Return the summary text and blocks of a deployment's checklist message."""
     waiting = next((step for step in steps if step.status == StepStatus.WAITING), None)
@@ -77,7 +88,7 @@ def checklist_message(
         # The decision is stored and the worker is about to move on: no buttons to press.
         blocks.append(_section(f"{decision_message(decided, waiting)}; continuing…"))
     elif waiting is not None:
-        blocks += _waiting_blocks(config, deployment, waiting, sign_offs)
+        blocks += _waiting_blocks(config, deployment, waiting, sign_offs, item_states)
     elif deployment.status == DeploymentStatus.PAUSED:
         following = next((step for step in steps if step.status == StepStatus.PENDING), None)
         if following is not None:
@@ -143,6 +154,16 @@ def alert_message(deployment: Deployment, steps: list[StepRun], failed_step_id: 
     )
 
 
+def item_message(
+    config: Config, step: StepRun, item_states: list[ChecklistItemState], index: int
+) -> str:
+    item = config.runbook.step(step.step_id).manual.items[index].text
+    state = next(s for s in item_states if s.step_id == step.step_id and s.item_index == index)
+    mark, word = ITEM_MARKS[state.state]
+    text = f"{mark} <@{state.user_id}> {word} *{item}* at {_date_token(state.decided_at)}"
+    return text + (f": {state.reason}" if state.reason else "")
+
+
 def cancelled_message(deployment: Deployment, steps: list[StepRun]) -> str:
     not_run = sum(1 for step in steps if step.status == StepStatus.NOT_RUN)
     return (
@@ -200,10 +221,14 @@ def decision_message(sign_off: SignOff, step: StepRun) -> str:
 
 
 def log_messages(
-    config: Config, deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]
+    config: Config,
+    deployment: Deployment,
+    steps: list[StepRun],
+    sign_offs: list[SignOff],
+    item_states: list[ChecklistItemState] | None = None,
 ) -> list[str]:
     """Return the deployment log as one message, or several when it exceeds a message."""
-    lines = render_log(config, deployment, steps, sign_offs).splitlines()
+    lines = render_log(config, deployment, steps, sign_offs, item_states).splitlines()
     room = MESSAGE_TEXT_LIMIT - 80
     chunks: list[list[str]] = [[]]
     for line in lines:
@@ -302,7 +327,11 @@ def _phase_text(steps: list[StepRun]) -> str:
 
 
 def _waiting_blocks(
-    config: Config, deployment: Deployment, step: StepRun, sign_offs: list[SignOff]
+    config: Config,
+    deployment: Deployment,
+    step: StepRun,
+    sign_offs: list[SignOff],
+    item_states: list[ChecklistItemState] | None = None,
 ) -> list[dict]:
     definition = config.runbook.step(step.step_id)
     value = decisions.button_value(deployment.id, step.step_id)
@@ -323,18 +352,67 @@ def _waiting_blocks(
                 "Reject", decisions.REJECT, value, "danger", "Reject and halt this deployment?"
             ),
         ]
+    elif definition.manual and definition.manual.items and not step.manual_reason:
+        return _item_blocks(config, deployment, step, item_states or [])
     else:
-        items = definition.manual.items if definition.manual else []
-        if step.manual_reason:
-            items = [f"{definition.title} ({step.manual_reason})"]
-        text = f":raised_hand: *{step.title}*: tick when every item holds\n" + "\n".join(
-            f"• {item}" for item in items
+        text = (
+            f":raised_hand: *{step.title}*: tick when it holds\n"
+            f"• {definition.title} ({step.manual_reason})"
         )
         buttons = [_button("Mark done", decisions.DONE, value, "primary", None)]
     return [
         _section(_cut(text, SECTION_LIMIT)),
         {"type": "actions", "block_id": f"decide-{step.step_id}"[:255], "elements": buttons},
     ]
+
+
+ITEM_MARKS = {
+    "ticked": (":white_check_mark:", "ticked"),
+    "passed": (":white_check_mark:", "checked"),
+    "waived": (":fast_forward:", "waived"),
+    "failed": (":x:", "check failed"),
+}
+
+
+def _item_blocks(config, deployment, step: StepRun, item_states) -> list[dict]:
+    """One section per item, each with the button that settles it."""
+    definition = config.runbook.step(step.step_id)
+    environment = config.environments[deployment.environment]
+    checked = set(checkable_items(definition, environment))
+    states = {s.item_index: s for s in item_states if s.step_id == step.step_id}
+    done = sum(1 for s in states.values() if s.state in ("ticked", "waived", "passed"))
+    items = definition.manual.items
+    blocks = [_section(f":raised_hand: *{step.title}* · {done} of {len(items)} settled")]
+    for index, item in enumerate(items):
+        state = states.get(index)
+        value = checklist.item_value(deployment.id, step.step_id, index)
+        if state is None:
+            mark, word = (
+                (":hourglass_flowing_sand:", "checking")
+                if index in checked
+                else (
+                    ":white_circle:",
+                    "open",
+                )
+            )
+        else:
+            mark, word = ITEM_MARKS[state.state]
+        text = f"{mark} {item.text} · {word}"
+        if state is not None and state.user_id:
+            text += f" by <@{state.user_id}>"
+        if state is not None and state.evidence:
+            text += f"\n      _{state.evidence}_"
+        if state is not None and state.reason:
+            text += f"\n      _reason: {state.reason}_"
+        block = _section(text)
+        if state is None and index not in checked:
+            action = f"{checklist.TICK}.{index}"
+            block["accessory"] = _button("Tick", action, value, None, None)
+        elif state is not None and state.state == "failed":
+            action = f"{checklist.WAIVE}.{index}"
+            block["accessory"] = _button("Waive…", action, value, "danger", None)
+        blocks.append(block)
+    return blocks
 
 
 def _final_signoff(items, step: StepRun, value: str, sign_offs: list[SignOff]):

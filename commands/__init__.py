@@ -2,7 +2,17 @@
 
 from collections.abc import Callable
 
-from commands import cancel, decisions, deploy, deploy_log, notice, phase, signoff, status
+from commands import (
+    cancel,
+    checklist,
+    decisions,
+    deploy,
+    deploy_log,
+    notice,
+    phase,
+    signoff,
+    status,
+)
 from commands.context import Reply, Request, Services
 from engine.config import SIGNOFF_SLOTS, Config
 
@@ -27,6 +37,10 @@ def button_handlers() -> dict[str, Handler]:
     handlers: dict[str, Handler] = {action: decisions.handle for action in decisions.DECISIONS}
     handlers[signoff.REJECT] = signoff.reject
     handlers[notice.WRITE] = notice.open_form
+    for action_id in checklist.action_ids(checklist.TICK):
+        handlers[action_id] = checklist.tick
+    for action_id in checklist.action_ids(checklist.WAIVE):
+        handlers[action_id] = checklist.waive
     for slot, _, _ in SIGNOFF_SLOTS:
         handlers[signoff.sign_action(slot)] = signoff.sign
     return handlers
@@ -35,4 +49,5 @@ def button_handlers() -> dict[str, Handler]:
 FORM_HANDLERS: dict[str, Handler] = {
     signoff.REASON_FORM: signoff.submit_reason,
     notice.FORM: notice.submit,
+    checklist.WAIVE_FORM: checklist.submit_waiver,
 }

@@ -7,7 +7,15 @@ from commands.context import Reply, Request, Services
 from commands.lookup import READERS, current_deployment, environment_for
 from engine.config import REJECTED_SLOT, SIGNOFF_SLOTS, Config
 from storage import repository
-from storage.models import AuditEvent, Deployment, OutboxMessage, SignOff, StepRun, StepStatus
+from storage.models import (
+    AuditEvent,
+    ChecklistItemState,
+    Deployment,
+    OutboxMessage,
+    SignOff,
+    StepRun,
+    StepStatus,
+)
 
 RESULT_WORDS = {
     StepStatus.PASSED: "PASS",
@@ -21,7 +29,11 @@ RESULT_WORDS = {
 
 
 def render_log(
-    config: Config, deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]
+    config: Config,
+    deployment: Deployment,
+    steps: list[StepRun],
+    sign_offs: list[SignOff],
+    item_states: list[ChecklistItemState] | None = None,
 ) -> str:
     fields = config.runbook.deployment_log
     environment = config.environments[deployment.environment]
@@ -62,6 +74,10 @@ def render_log(
         lines.append(f"- {label}: {_result(by_id.get(step_id))}")
     lines += ["", "ISSUES ENCOUNTERED:"]
     issues = _issues(deployment, steps)
+    for state in item_states or []:
+        if state.state == "waived":
+            item = config.runbook.step(state.step_id).manual.items[state.item_index].text
+            issues.append(f"{item} waived by {state.user_id}: {state.reason}")
     lines += [f"- {issue}" for issue in issues] or ["- None"]
     lines += ["", "SIGN-OFF:"]
     for sign_off in gate_decisions:
@@ -188,13 +204,14 @@ def render_markdown(
     steps: list[StepRun],
     sign_offs: list[SignOff],
     audit_trail: list[AuditEvent],
+    item_states: list[ChecklistItemState] | None = None,
 ) -> str:
     """Return the log as a Markdown document: the template, every step, and the audit trail."""
     lines = [
         f"# Deployment log: {deployment.version} to {deployment.environment}",
         "",
         "```",
-        render_log(config, deployment, steps, sign_offs),
+        render_log(config, deployment, steps, sign_offs, item_states),
         "```",
         "",
         "## Steps",

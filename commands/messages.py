@@ -175,3 +175,14 @@ def signoff_was_rejected(deployment: Deployment) -> str:
 
 def step_moved_on(step_title: str) -> str:
     return f"*{step_title}* moved on before your press was stored, so it changed nothing."
+
+
+def item_checked_by_bot(item: str) -> str:
+    return (
+        f"gonogo checks *{item}* itself and shows the evidence. If the check fails, an "
+        "approver may waive the item with a reason."
+    )
+
+
+def item_already_settled(item: str) -> str:
+    return f"*{item}* was settled already; your press changed nothing."

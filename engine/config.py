@@ -152,10 +152,71 @@ class ProbeSpec(Strict):
     capture: dict[StrictStr, StrictStr] = {}  # variable name -> dotted path in the JSON reply
 
 
-class ManualSpec(Strict):
-    """A check that a person with ``role`` ticks in the checklist."""
+class DiskCheck(Strict):
+    """Free space at ``path`` on every host of a role, against a minimum in GB (10^9 bytes)."""
 
-    items: list[StrictStr] = []
+    hosts: StrictStr
+    path: StrictStr
+    minimum_gb: StrictStr | int  # text may name a setting, such as {{ backup_min_free_gb }}
+
+
+class CommandCheck(Strict):
+    """A command that exits 0 on every host of a role when the item holds."""
+
+    hosts: StrictStr
+    script: StrictStr
+
+
+class TlsCheck(Strict):
+    """A TLS handshake with ``address`` (host:port); the certificate must be valid for long."""
+
+    address: StrictStr
+    minimum_days: Annotated[int, Field(ge=0, le=3650)] = 14
+    ca_file: StrictStr | None = None  # a private CA's certificates; the system's by default
+
+
+class HttpCheck(Strict):
+    url: StrictStr
+
+
+CHECK_KINDS = ("disk_space", "command", "tls", "http")
+
+
+class ItemCheck(Strict):
+    """How the bot establishes a checklist item itself; exactly one kind."""
+
+    requires: list[StrictStr] = []  # settings without which a person ticks the item instead
+    disk_space: DiskCheck | None = None
+    command: CommandCheck | None = None
+    tls: TlsCheck | None = None
+    http: HttpCheck | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ItemCheck:
+        kinds = [kind for kind in CHECK_KINDS if getattr(self, kind) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a check needs exactly one of {', '.join(CHECK_KINDS)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in CHECK_KINDS if getattr(self, kind) is not None)
+
+
+class ChecklistItem(Strict):
+    text: StrictStr
+    check: ItemCheck | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
+
+
+class ManualSpec(Strict):
+    """Items that a person with ``role`` ticks one by one; the bot checks some itself."""
+
+    items: Annotated[list[ChecklistItem], Field(max_length=40)] = []  # a button each
     role: Literal["deployers", "approvers"] = "deployers"
 
 
@@ -548,8 +609,20 @@ def step_texts(step: Step) -> list[tuple[Location, str]]:
         texts.append((("notify", "text"), spec.text))
     elif isinstance(spec, GateSpec):
         texts.append((("gate", "prompt"), spec.prompt))
-    elif isinstance(spec, ManualSpec | SignoffSpec):
+    elif isinstance(spec, SignoffSpec):
         texts += [((step.kind, "items", index), item) for index, item in enumerate(spec.items)]
+    elif isinstance(spec, ManualSpec):
+        for index, item in enumerate(spec.items):
+            texts.append(((step.kind, "items", index, "text"), item.text))
+            if item.check is not None:
+                kind = item.check.kind
+                check = getattr(item.check, kind)
+                location = (step.kind, "items", index, "check", kind)
+                texts += [
+                    ((*location, key), value)
+                    for key, value in check.model_dump().items()
+                    if isinstance(value, str) and key != "hosts"
+                ]
     return texts
 
 
@@ -967,6 +1040,17 @@ def _check_references(
                     report(("requires",), f"setting {name!r} is not defined")
             if step.run and step.run.hosts not in environment.hosts:
                 report(("run", "hosts"), f"host role {step.run.hosts!r} is not defined")
+            for index, item in enumerate(step.manual.items if step.manual else []):
+                check = item.check
+                if check is None:
+                    continue
+                location = ("manual", "items", index, "check")
+                role = getattr(getattr(check, check.kind), "hosts", None)
+                if role is not None and role not in environment.hosts:
+                    report((*location, check.kind, "hosts"), f"host role {role!r} is not defined")
+                for name in check.requires:
+                    if name not in environment.settings:
+                        report((*location, "requires"), f"setting {name!r} is not defined")
             if step.notify:
                 for channel in step.notify.to:
                     if channel not in environment.notify_channels:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import httpx
 
 from engine import criteria
+from engine import evidence as evidence_checks
 from engine.clock import Clock
 from engine.config import (
     REJECTED_SLOT,
@@ -30,12 +31,14 @@ from engine.config import (
     placeholders,
     step_texts,
 )
+from engine.evidence import Evidence
 from engine.hosts import run_command
 from engine.probes import ProbeRequest, run_probe
 from engine.templates import Masker, MissingValue, render, render_data, render_shell
 from storage import repository
 from storage.db import Database
 from storage.models import (
+    ChecklistItemState,
     Deployment,
     DeploymentStatus,
     OutboxMessage,
@@ -48,7 +51,13 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_TAIL_LINES = 40
 OUTPUT_TAIL_CHARS = 2500
-LEASE_MARGIN = 120.0  # seconds a lease outlives the longest step it covers
+LEASE_MARGIN = 120.0
+ITEM_CHECKS_SECONDS = 600.0  # the lease while a manual step's items are checked
+SETTLED_ITEM_STATES = (
+    "ticked",
+    "waived",
+    "passed",
+)  # seconds a lease outlives the longest step it covers
 
 
 class RunObserver(Protocol):
@@ -237,6 +246,19 @@ class Runner:
         now = self.clock.now()
         if step.status == StepStatus.WAITING and step.kind == "signoff":
             return self._check_final_signoff(session, deployment, step)
+        itemised = step.kind == "manual" and not step.manual_reason and definition.manual.items
+        if step.status == StepStatus.WAITING and itemised:
+            states = repository.item_states(session, deployment.id, step.step_id)
+            if all(
+                index in states and states[index].state in SETTLED_ITEM_STATES
+                for index in range(len(definition.manual.items))
+            ):
+                last = max(row.decided_at for row in states.values())
+                repository.update_step(session, step, status=StepStatus.PASSED, finished_at=last)
+                deployment.status = DeploymentStatus.RUNNING
+                return _CONTINUE
+            deployment.status = DeploymentStatus.WAITING
+            return None
         if step.status == StepStatus.WAITING:
             sign_off = _sign_off_for(session, deployment.id, step.step_id)
             if sign_off is None:
@@ -259,6 +281,19 @@ class Runner:
                 error=reason,
             )
             return _CONTINUE
+        if itemised and checkable_items(definition, environment):
+            repository.update_step(
+                session, step, status=StepStatus.RUNNING, started_at=now, attempts=step.attempts + 1
+            )
+            deployment.status = DeploymentStatus.RUNNING
+            deployment.updated_at = now
+            repository.extend_run(
+                session, deployment.id, self._run_owner.value, now, ITEM_CHECKS_SECONDS
+            )
+            values = deployment_variables(deployment, environment)
+            return lambda: self._check_items(
+                deployment.id, step.id, definition, environment, values
+            )
         asks = step.kind == "notify" and bool(definition.notify.ask)
         if asks and _sign_off_for(session, deployment.id, step.step_id) is not None:
             asks = False  # filled in already: send it below
@@ -436,6 +471,107 @@ class Runner:
             else:
                 logger.info("Deployment %s: step %s passed", deployment_id, step.id)
             self._commit_and_notify(session, deployment_id)
+
+    def _check_items(
+        self,
+        deployment_id: int,
+        step_run_id: int,
+        step: Step,
+        environment: Environment,
+        values: dict[str, Any],
+    ) -> None:
+        """Establish the items the bot can check, store the evidence, then wait for people."""
+        masker = Masker(secret_values(environment))
+        results = []
+        for index in checkable_items(step, environment):
+            item = step.manual.items[index]
+            evidence = self._item_evidence(item.check, environment, values)
+            results.append((index, evidence))
+            logger.info(
+                "Deployment %s: item %r %s: %s",
+                deployment_id,
+                item.text,
+                "holds" if evidence.ok else "does not hold",
+                evidence.summary,
+            )
+        with self.db.session() as session:
+            now = self.clock.now()
+            rows = [
+                ChecklistItemState(
+                    deployment_id=deployment_id,
+                    step_id=step.id,
+                    item_index=index,
+                    state="passed" if evidence.ok else "failed",
+                    decided_at=now,
+                    evidence=masker(evidence.summary),
+                )
+                for index, evidence in results
+            ]
+            repository.replace_check_results(session, rows)
+            row = session.get(StepRun, step_run_id)
+            output = "\n".join(
+                f"{'holds' if e.ok else 'FAILS'}: {step.manual.items[i].text}: {e.summary}"
+                for i, e in results
+            )
+            repository.update_step(
+                session, row, status=StepStatus.WAITING, output_tail=masker(_tail(output))
+            )
+            deployment = repository.get_deployment(session, deployment_id)
+            deployment.status = DeploymentStatus.WAITING
+            deployment.updated_at = now
+            repository.enqueue(
+                session,
+                OutboxMessage(
+                    deployment_id=deployment_id,
+                    kind="step_output",
+                    step_id=step.id,
+                    created_at=now,
+                ),
+            )
+            self._commit_and_notify(session, deployment_id)
+
+    def _item_evidence(self, check, environment: Environment, values: dict[str, Any]) -> Evidence:
+        spec = getattr(check, check.kind)
+        try:
+            if check.kind == "http":
+                return evidence_checks.http_endpoint(
+                    render(spec.url, values), clock=self.clock, transport=self.probe_transport
+                )
+            if check.kind == "tls":
+                host, _, port = render(spec.address, values).rpartition(":")
+                ca_file = render(spec.ca_file, values) if spec.ca_file else None
+                return evidence_checks.tls_certificate(
+                    host,
+                    int(port),
+                    minimum_days=spec.minimum_days,
+                    clock=self.clock,
+                    ca_file=ca_file,
+                )
+            hosts = environment.hosts[spec.hosts]
+            if check.kind == "disk_space":
+                minimum = int(float(render(str(spec.minimum_gb), values)) * 10**9)
+                path = render(spec.path, values)
+                found = [
+                    evidence_checks.disk_space(environment, h, path, minimum, clock=self.clock)
+                    for h in hosts
+                ]
+            else:
+                script = render_shell(spec.script, values)
+                found = [
+                    evidence_checks.command_succeeds(
+                        environment, h, script, "the check", clock=self.clock
+                    )
+                    for h in hosts
+                ]
+        except (MissingValue, ValueError) as error:
+            return Evidence(
+                ok=False, summary=f"could not be checked: {error}", checked_at=self.clock.now()
+            )
+        return Evidence(
+            ok=all(e.ok for e in found),
+            summary="; ".join(e.summary for e in found),
+            checked_at=self.clock.now(),
+        )
 
     def _judge_criteria(self, deployment_id: int) -> "_Outcome":
         with self.db.session() as session:
@@ -661,6 +797,16 @@ def _sign_off_for(session, deployment_id: int, step_id: str) -> SignOff | None:
         if sign_off.step_id == step_id and not sign_off.slot:
             return sign_off
     return None
+
+
+def checkable_items(step: Step, environment: Environment) -> list[int]:
+    """Return the indexes of items the bot checks itself in ``environment``."""
+    return [
+        index
+        for index, item in enumerate(step.manual.items)
+        if item.check is not None
+        and all(environment.settings.get(name) is not None for name in item.check.requires)
+    ]
 
 
 def _mention(contact: str) -> str:

@@ -144,6 +144,23 @@ class SignOff(SQLModel, table=True):
     comment: str | None = None
 
 
+class ChecklistItemState(SQLModel, table=True):
+    """How one item of a manual step was settled: by a person, a waiver, or the bot's check."""
+
+    __tablename__ = "checklist_items"
+    __table_args__ = (UniqueConstraint("deployment_id", "step_id", "item_index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: int = Field(foreign_key="deployments.id", index=True)
+    step_id: str
+    item_index: int
+    state: str  # ticked, waived, passed or failed (the last two by the bot's check)
+    user_id: str | None = None  # who ticked or waived it
+    decided_at: datetime
+    evidence: str | None = Field(default=None, sa_column=Column(Text))
+    reason: str | None = Field(default=None, sa_column=Column(Text))  # of a waiver
+
+
 class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_events"
 

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from storage.models import (
     AuditEvent,
+    ChecklistItemState,
     Deployment,
     DeploymentStatus,
     EnvironmentLock,
@@ -197,6 +198,65 @@ def mark_resuming(session: Session, deployment_id: int, now: datetime) -> None:
 
 
 # --- sign-offs and audit ---------------------------------------------------------------------
+
+
+def item_states(
+    session: Session, deployment_id: int, step_id: str
+) -> dict[int, ChecklistItemState]:
+    statement = select(ChecklistItemState).where(
+        ChecklistItemState.deployment_id == deployment_id, ChecklistItemState.step_id == step_id
+    )
+    return {row.item_index: row for row in session.exec(statement)}
+
+
+def all_item_states(session: Session, deployment_id: int) -> list[ChecklistItemState]:
+    statement = select(ChecklistItemState).where(ChecklistItemState.deployment_id == deployment_id)
+    return list(session.exec(statement.order_by(col(ChecklistItemState.id))))
+
+
+def replace_check_results(session: Session, rows: list[ChecklistItemState]) -> None:
+    """Store the bot's check results, replacing earlier results (not a person's decision)."""
+    for row in rows:
+        existing = session.exec(
+            select(ChecklistItemState).where(
+                ChecklistItemState.deployment_id == row.deployment_id,
+                ChecklistItemState.step_id == row.step_id,
+                ChecklistItemState.item_index == row.item_index,
+            )
+        ).first()
+        if existing is None:
+            session.add(row)
+        elif existing.state in ("passed", "failed"):
+            existing.state, existing.evidence = row.state, row.evidence
+            existing.decided_at = row.decided_at
+            session.add(existing)
+
+
+def settle_item(session: Session, row: ChecklistItemState, from_state: str | None) -> bool:
+    """Record a person's tick or waiver; False when the item was settled differently first.
+
+    ``from_state`` is the state a waiver replaces (a failed check), or None for a new row. On a
+    conflict over a new row the whole session is rolled back.
+    """
+    if from_state is None:
+        try:
+            session.add(row)
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            return False
+        return True
+    result = session.execute(
+        update(ChecklistItemState)
+        .where(
+            col(ChecklistItemState.deployment_id) == row.deployment_id,
+            col(ChecklistItemState.step_id) == row.step_id,
+            col(ChecklistItemState.item_index) == row.item_index,
+            col(ChecklistItemState.state) == from_state,
+        )
+        .values(state=row.state, user_id=row.user_id, decided_at=row.decided_at, reason=row.reason)
+    )
+    return result.rowcount == 1
 
 
 def lock_waiting_step(session: Session, step_run_id: int) -> bool:

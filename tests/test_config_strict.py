@@ -113,7 +113,7 @@ def test_placeholder_in_checklist_item(tmp_path: Path):
     error = load_failing(runbook, environments)
 
     line = line_of(runbook, "Version {{")
-    assert f"{runbook}:{line}: phases[0].steps[4].manual.items[1] (step review):" in str(error)
+    assert f"{runbook}:{line}: phases[0].steps[4].manual.items[1].text (step review):" in str(error)
 
 
 def test_brace_advice_is_valid_shell(tmp_path: Path):

@@ -93,6 +93,9 @@ def write_environments(path: Path, site, sshd) -> Path:
         "prometheus_url": None,
         "grafana_url": None,
         "staging_grafana_url": None,
+        "tls_staging": None,
+        "tls_production": None,
+        "backup_min_free_gb": 0,
     }
     document = {
         "environments": {
@@ -161,12 +164,13 @@ def checklist(slack):
 
 
 def buttons(message) -> list[dict]:
-    return [
-        element
-        for block in message.blocks or []
-        if block["type"] == "actions"
-        for element in block["elements"]
-    ]
+    found = []
+    for block in message.blocks or []:
+        if block["type"] == "actions":
+            found += block["elements"]
+        elif block.get("accessory", {}).get("type") == "button":
+            found.append(block["accessory"])
+    return found
 
 
 def header(message) -> str:

@@ -189,14 +189,9 @@ def test_button_press_records_step(worker, slack, socket_mode):
         )
     )
     message = slack.wait_for(
-        lambda: waiting_message(slack, "1:freeze-window"), description="the first step's button"
+        lambda: waiting_message(slack, "1:freeze-window:0"), description="the first item's button"
     )
-    block_id, button = next(
-        (block["block_id"], element)
-        for block in message.blocks
-        if block["type"] == "actions"
-        for element in block["elements"]
-    )
+    block_id, button = button_block(message)
     envelope_id = socket_mode.send_block_actions(
         action_id=button["action_id"],
         value=button["value"],
@@ -209,17 +204,17 @@ def test_button_press_records_step(worker, slack, socket_mode):
     ack = socket_mode.wait_for_ack(envelope_id, timeout=ACK_DEADLINE_SECONDS)
     replies = slack.wait_for(lambda: slack.responses("press"), description="the press's reply")
     updated = slack.wait_for(
-        lambda: waiting_message(slack, "1:smoke-test"), description="the second step's button"
+        lambda: waiting_message(slack, "1:smoke-test:0"), description="the second step's button"
     )
     steps, sign_offs = stored_steps(worker.database_url, 1)
 
     assert ack.delay < ACK_DEADLINE_SECONDS
     assert ack.payload is None
-    assert replies[-1]["text"] == "Recorded: *Change window is open* done."
+    assert replies[-1]["text"] == "Recorded: *The change freeze is announced* ticked."
     assert updated.ts == message.ts
     assert steps["freeze-window"] == StepStatus.PASSED
     assert steps["smoke-test"] == StepStatus.WAITING
-    assert sign_offs == [("freeze-window", "done", REQUESTER)]
+    assert sign_offs == [("freeze-window", "ticked", REQUESTER)]
     assert slack.violations == []
     assert socket_mode.problems == []
 
@@ -261,12 +256,23 @@ def header(message) -> str:
 
 
 def buttons(message) -> list[dict]:
-    return [
-        element
-        for block in message.blocks or []
-        if block["type"] == "actions"
-        for element in block["elements"]
-    ]
+    found = []
+    for block in message.blocks or []:
+        if block["type"] == "actions":
+            found += block["elements"]
+        elif block.get("accessory", {}).get("type") == "button":
+            found.append(block["accessory"])
+    return found
+
+
+def button_block(message) -> tuple[str, dict]:
+    """Return the block ID and the first button of the message."""
+    for block in message.blocks or []:
+        if block["type"] == "actions":
+            return block["block_id"], block["elements"][0]
+        if block.get("accessory", {}).get("type") == "button":
+            return block.get("block_id", ""), block["accessory"]
+    raise AssertionError("the message has no button")
 
 
 def stored_deployment_ids(database_url: str) -> list[int]:
@@ -284,8 +290,8 @@ def stored_steps(database_url: str, deployment_id: int):
         with db.session() as session:
             steps = {s.step_id: s.status for s in repository.steps_of(session, deployment_id)}
             sign_offs = [
-                (s.step_id, s.decision, s.user_id)
-                for s in repository.sign_offs_of(session, deployment_id)
+                (s.step_id, s.state, s.user_id)
+                for s in repository.all_item_states(session, deployment_id)
             ]
     finally:
         db.dispose()

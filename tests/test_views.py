@@ -13,7 +13,14 @@ from bot import views
 from commands import decisions
 from engine.config import MAX_PHASES, Config, load_config
 from engine.runner import plan_steps
-from storage.models import Deployment, DeploymentStatus, SignOff, StepRun, StepStatus
+from storage.models import (
+    ChecklistItemState,
+    Deployment,
+    DeploymentStatus,
+    SignOff,
+    StepRun,
+    StepStatus,
+)
 from tests.support.block_kit import message_errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,16 +155,49 @@ def test_waiting_on_manual_check(config: Config):
     steps = run_until(planned(config), "code-review", StepStatus.WAITING)
 
     text, blocks = views.checklist_message(config, deployment, steps, [])
-    buttons = actions_of(blocks)
+    items = [block for block in blocks if "accessory" in block]
 
     assert message_errors(blocks) == []
     assert text == "v1.4.2 → production: waiting for Code review (0/34)"
     assert blocks[0]["text"]["text"] == "v1.4.2 → production: Waiting for a check"
-    assert len(buttons) == 1
-    assert buttons[0]["action_id"] == decisions.DONE
-    assert buttons[0]["value"] == "42:code-review"
-    assert "• All commits reviewed and approved" in waiting_section(blocks)
-    assert "• Code coverage at least 80%" in waiting_section(blocks)
+    assert len(items) == 4  # one Tick button per item
+    assert items[0]["accessory"]["action_id"] == "item.tick.0"
+    assert items[0]["accessory"]["value"] == "42:code-review:0"
+    assert "All commits reviewed and approved · open" in items[0]["text"]["text"]
+    assert "Code coverage at least 80% · open" in items[3]["text"]["text"]
+
+
+def test_checked_items_show_evidence(config: Config):
+    deployment = new_deployment(status=DeploymentStatus.WAITING, started_at=STARTED)
+    steps = run_until(planned(config), "infrastructure", StepStatus.WAITING)
+    states = [
+        ChecklistItemState(
+            deployment_id=42,
+            step_id="infrastructure",
+            item_index=0,
+            state="passed",
+            decided_at=STARTED,
+            evidence="the check: passed on prod-app.example.invalid",
+        ),
+        ChecklistItemState(
+            deployment_id=42,
+            step_id="infrastructure",
+            item_index=5,
+            state="failed",
+            decided_at=STARTED,
+            evidence="12 GB free on /backups, under the 50 GB minimum",
+        ),
+    ]
+
+    _, blocks = views.checklist_message(config, deployment, steps, [], states)
+    texts = [block["text"]["text"] for block in blocks if block["type"] == "section"]
+    sections = [block for block in blocks if block["type"] == "section"]
+    disk = next(block for block in sections if "Disk space free" in block["text"]["text"])
+
+    assert message_errors(blocks) == []
+    assert any("reachable · checked" in text and "passed on prod-app" in text for text in texts)
+    assert "under the 50 GB minimum" in disk["text"]["text"]
+    assert disk["accessory"]["action_id"] == "item.waive.5"
 
 
 def test_manual_fallback_shows_reason(config: Config):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-04 16:31:52.809686
+Create Date: 2026-12-04 17:05:26.451032
 """
 
 import sqlalchemy as sa
@@ -76,6 +76,35 @@ def upgrade() -> None:
     with op.batch_alter_table("deployments", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_deployments_environment"), ["environment"], unique=False
+        )
+
+    op.create_table(
+        "checklist_items",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("deployment_id", sa.Integer(), nullable=False),
+        sa.Column("step_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("item_index", sa.Integer(), nullable=False),
+        sa.Column("state", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("user_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("decided_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("evidence", sa.Text(), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["deployment_id"],
+            ["deployments.id"],
+            name=op.f("fk_checklist_items_deployment_id_deployments"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_checklist_items")),
+        sa.UniqueConstraint(
+            "deployment_id",
+            "step_id",
+            "item_index",
+            name=op.f("uq_checklist_items_deployment_id_step_id_item_index"),
+        ),
+    )
+    with op.batch_alter_table("checklist_items", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_checklist_items_deployment_id"), ["deployment_id"], unique=False
         )
 
     op.create_table(
@@ -204,6 +233,10 @@ def downgrade() -> None:
 
     op.drop_table("outbox")
     op.drop_table("environment_locks")
+    with op.batch_alter_table("checklist_items", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_checklist_items_deployment_id"))
+
+    op.drop_table("checklist_items")
     with op.batch_alter_table("deployments", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_deployments_environment"))
 
