@@ -1,7 +1,7 @@
 """Items of a manual step, settled one by one: ticked by a person, or waived with a reason.
 
 Items the bot checks itself (disk space, reachability, TLS certificates, the health
-endpoint) are ticked by their evidence; one whose check fails can only be waived, by an
+endpoint) are settled by their evidence. One whose check fails can only be waived, by an
 approver who gives a reason. Both show in the thread and in the deployment log.
 """
 
@@ -51,7 +51,7 @@ def tick(services: Services, request: Request) -> Reply:
 
 
 def waive(services: Services, request: Request) -> Reply:
-    """Open the form that asks an approver why the item may be skipped."""
+    """Open the form for an approver's reason to waive the item."""
     rejection, deployment, _, _ = _find(services, request.text)
     if rejection:
         return Reply(rejection)

@@ -45,7 +45,7 @@ def sign(services: Services, request: Request) -> Reply:
 
 
 def reject(services: Services, request: Request) -> Reply:
-    """Open the form that asks for the reason of a rejection."""
+    """Open the form for the reason of a rejection."""
     rejection, _, _ = _check_rejection(services, request, request.text)
     if rejection is not None:
         return rejection
