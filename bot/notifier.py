@@ -11,12 +11,14 @@ RateLimitErrorRetryHandler in the client.
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot import views
+from commands.context import Directory
 from commands.deploy_log import render_markdown
 from engine.clock import Clock
 from engine.config import Config
@@ -31,6 +33,7 @@ OUTBOX_CLAIM_SECONDS = 60.0
 # a second checklist message behind once this claim lapses.
 MESSAGE_CLAIM_SECONDS = 60.0
 MAX_SEND_ATTEMPTS = 5
+GROUP_HANDLE = re.compile(r"(?<![\w<@])@([a-z0-9][a-z0-9._-]*)")
 JOINABLE_KINDS = frozenset(
     {"step_output", "decision", "paused"}
 )  # thread replies that may share a post
@@ -69,6 +72,7 @@ class Notifier:
         post_interval: float = 1.0,
         poll_interval: float = 2.0,
         clock: Clock | None = None,
+        directory: Directory | None = None,
     ):
         self.db = db
         self.config = config
@@ -78,6 +82,7 @@ class Notifier:
         self.post_interval = post_interval
         self.poll_interval = poll_interval
         self.clock = clock or Clock()
+        self.directory = directory
         self._dirty: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -322,13 +327,24 @@ class Notifier:
                     logger.error("Giving up on message %s after %d attempts", row.id, row.attempts)
                     row.sent_at = self.clock.now()
 
+    def _mention_groups(self, text: str) -> str:
+        """Turn ``@handle`` of a known user group into Slack's mention of that group."""
+        if self.directory is None:
+            return text
+
+        def mention(match: re.Match) -> str:
+            group_id = self.directory.group_id(match.group(1))
+            return f"<!subteam^{group_id}>" if group_id else match.group(0)
+
+        return GROUP_HANDLE.sub(mention, text)
+
     def _render(self, message: OutboxMessage, deployment: Deployment, steps, sign_offs):
         """Return (channel, texts, thread ts, broadcast) for an outbox row."""
         by_id = {step.step_id: step for step in steps}
         thread = deployment.message_ts
         channel = deployment.channel
         if message.kind == "notify":
-            return message.channel, [message.text], None, False
+            return message.channel, [self._mention_groups(message.text)], None, False
         if message.kind == "step_output":
             return channel, [views.step_output_message(by_id[message.step_id])], thread, False
         if message.kind == "alert":

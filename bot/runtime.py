@@ -139,6 +139,7 @@ def build_runtime(settings: Settings, slack: SlackPort, directory: Directory) ->
         owner=owner,
         min_interval=settings.update_interval,
         post_interval=settings.post_interval,
+        directory=directory,
     )
     runner = Runner(db, config, owner=owner, observer=notifier)
     worker = Worker(runner, db)

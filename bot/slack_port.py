@@ -91,6 +91,13 @@ class SlackDirectory:
         self._members[handle] = (now, members)
         return members
 
+    def group_id(self, handle: str) -> str | None:
+        try:
+            return self._group_ids(self._clock()).get(handle)
+        except SlackApiError as error:
+            logger.error("Reading user groups failed: %s", error.response.get("error"))
+            return None
+
     def _group_ids(self, now: float) -> dict[str, str]:
         if self._ids is None or now - self._ids[0] >= self.ttl:
             groups = self.client.usergroups_list()["usergroups"]

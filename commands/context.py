@@ -67,6 +67,9 @@ class Directory(Protocol):
     def group_members(self, handle: str) -> set[str]:
         """Return the user IDs in the user group ``handle`` (without its leading @)."""
 
+    def group_id(self, handle: str) -> str | None:
+        """Return the ID (S…) of the user group ``handle``, or None when it is unknown."""
+
 
 @dataclass
 class Services:

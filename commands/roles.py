@@ -19,8 +19,14 @@ def has_role(directory: Directory, environment: Environment, role: str, user_id:
 class StaticDirectory:
     """User groups from a mapping; used by the console and by tests."""
 
-    def __init__(self, groups: dict[str, set[str]] | None = None):
+    def __init__(
+        self, groups: dict[str, set[str]] | None = None, ids: dict[str, str] | None = None
+    ):
         self.groups = groups or {}
+        self.ids = ids or {}
 
     def group_members(self, handle: str) -> set[str]:
         return set(self.groups.get(handle, set()))
+
+    def group_id(self, handle: str) -> str | None:
+        return self.ids.get(handle)

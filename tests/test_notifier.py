@@ -18,6 +18,7 @@ from sqlmodel import select
 from bot import views
 from bot.notifier import Notifier
 from bot.slack_port import WebApiPort, web_client
+from commands.roles import StaticDirectory
 from engine.config import Config, load_config
 from engine.runner import plan_steps
 from storage import repository
@@ -572,3 +573,20 @@ def expected_message(db: Database, config: Config, deployment_id: int) -> tuple[
         steps = repository.steps_of(session, deployment_id)
         sign_offs = repository.sign_offs_of(session, deployment_id)
     return views.checklist_message(config, deployment, steps, sign_offs)
+
+
+def test_notice_mentions_user_groups(db: Database, config: Config, standin: SlackStandIn):
+    deployment_id = create_deployment(db, config)
+    port = WebApiPort(web_client(standin.token, standin.base_url))
+    directory = StaticDirectory(ids={"ops-team": "S0OPS"})
+    notifier = Notifier(
+        db, config, port, owner="notifier-a", min_interval=0, post_interval=0, directory=directory
+    )
+    notifier.run_once()
+    notice(db, deployment_id, "@ops-team @unknown-team release starts; mail ops@example.invalid")
+
+    notifier.run_once()
+
+    assert standin.messages(OPERATIONS)[0].text == (
+        "<!subteam^S0OPS> @unknown-team release starts; mail ops@example.invalid"
+    )
