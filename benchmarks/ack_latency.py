@@ -1,9 +1,9 @@
 """Acknowledgement latency of /deploy under concurrent slash commands.
 
 Serves gonogo's WSGI app two ways on loopback and sends rounds of concurrent, signed
-`/deploy` commands to each: the Procfile's gunicorn (2 workers, 8 threads each) and a
-single-threaded wsgiref server, which handles requests one at a time as Bolt's built-in
-development server does. Each round targets a fresh environment, so one command creates a
+`/deploy` commands to each. One is the Procfile's gunicorn (2 workers, 8 threads each). The
+other is a single-threaded wsgiref server, which handles requests one at a time as Bolt's
+built-in development server does. Each round targets a fresh environment, so one command creates a
 deployment and the others are told the environment is busy. Slack is the loopback stand-in
 from tests/support. Run from the repository root:
 

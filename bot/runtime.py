@@ -94,7 +94,7 @@ def process_owner() -> str:
 
 
 class SecretFilter(logging.Filter):
-    """Replaces the values of the configured secrets in every log record it sees."""
+    """A logging filter that masks the configured secrets in every record it passes."""
 
     def __init__(self, masker: Masker):
         super().__init__()

@@ -85,7 +85,7 @@ class SlackDirectory:
             else:
                 members = set(self.client.usergroups_users_list(usergroup=group_id)["users"])
         except SlackApiError as error:
-            # Deny rather than guess; the next check asks again.
+            # Deny rather than guess. The next role check reads the group again.
             logger.error("Reading user group @%s failed: %s", handle, error.response.get("error"))
             return set()
         self._members[handle] = (now, members)

@@ -375,7 +375,7 @@ ITEM_MARKS = {
 
 
 def _item_blocks(config, deployment, step: StepRun, item_states) -> list[dict]:
-    """One section per item, each with the button that settles it."""
+    """Return one section per item, each with the button that settles it."""
     definition = config.runbook.step(step.step_id)
     environment = config.environments[deployment.environment]
     checked = set(checkable_items(definition, environment))

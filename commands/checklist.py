@@ -13,7 +13,7 @@ from commands.decisions import find_step
 from commands.roles import has_role
 from engine.runner import checkable_items
 from storage import repository
-from storage.models import ChecklistItemState, OutboxMessage, StepStatus
+from storage.models import ChecklistItemState, StepStatus
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +114,13 @@ def _settle(services, request, deployment, step, index, state, from_state, reaso
             state=state,
             reason=reason,
         )
-        repository.enqueue(
+        repository.queue_post(
             session,
-            OutboxMessage(
-                deployment_id=deployment.id,
-                kind="item",
-                step_id=step.step_id,
-                text=str(index),
-                created_at=now,
-            ),
+            deployment_id=deployment.id,
+            kind="item",
+            step_id=step.step_id,
+            text=str(index),
+            created_at=now,
         )
         repository.wake(session, deployment.id)
         repository.mark_resuming(session, deployment.id, now)

@@ -1,4 +1,4 @@
-"""What every command handler receives and returns, whichever entry point called it.
+"""The request every command handler receives and the reply it returns, from any entry point.
 
 The Slack listeners in bot.app and the console session build a Request from what arrived and
 show the Reply they get back, so one handler serves HTTP, Socket Mode and the console.
@@ -45,9 +45,9 @@ class Form:
 
 @dataclass
 class Reply:
-    """An answer shown only to the user who acted, unless ``public`` is set.
+    """A reply shown only to the user who acted, unless ``public`` is set.
 
-    ``form`` asks the user for input instead; ``errors`` (field -> message) rejects a
+    ``form`` requests input from the user instead. ``errors`` (field -> message) rejects a
     submitted form and keeps it open.
     """
 

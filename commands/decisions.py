@@ -11,7 +11,7 @@ from commands import messages
 from commands.context import Reply, Request, Services
 from commands.roles import has_role
 from storage import repository
-from storage.models import OutboxMessage, SignOff, StepRun, StepStatus
+from storage.models import SignOff, StepRun, StepStatus
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +84,13 @@ def store_decision(
                 slot=slot,
                 decision=decision,
             )
-            repository.enqueue(
+            repository.queue_post(
                 session,
-                OutboxMessage(
-                    deployment_id=deployment.id,
-                    kind="decision",
-                    step_id=step.step_id,
-                    text=slot or None,
-                    created_at=now,
-                ),
+                deployment_id=deployment.id,
+                kind="decision",
+                step_id=step.step_id,
+                text=slot or None,
+                created_at=now,
             )
             repository.wake(session, deployment.id)
             repository.mark_resuming(session, deployment.id, now)

@@ -11,7 +11,6 @@ from storage.models import (
     AuditEvent,
     ChecklistItemState,
     Deployment,
-    OutboxMessage,
     SignOff,
     StepRun,
     StepStatus,
@@ -177,14 +176,12 @@ def handle(services: Services, request: Request) -> Reply:
         return Reply(messages.no_deployment(environment_name))
     now = services.clock.now()
     with services.db.session() as session:
-        repository.enqueue(
+        repository.queue_post(
             session,
-            OutboxMessage(
-                deployment_id=deployment.id,
-                kind="log_file",
-                channel=request.channel_id,
-                created_at=now,
-            ),
+            deployment_id=deployment.id,
+            kind="log_file",
+            channel=request.channel_id,
+            created_at=now,
         )
         repository.audit(
             session,

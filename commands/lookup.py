@@ -40,7 +40,7 @@ READERS = ("deployers", "approvers")
 def environment_for(
     services: Services, request: Request, roles: tuple[str, ...], action: str
 ) -> tuple[str | None, str | None]:
-    """Resolve ``[environment]`` in the text and check the user holds one of ``roles``.
+    """Resolve ``[environment]`` in the text and check the user has one of ``roles``.
 
     Returns (environment name, None), or (None, the reply that explains the refusal).
     """

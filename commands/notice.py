@@ -1,7 +1,7 @@
-"""The stakeholder notice: a deployer fills in the fields the runbook asks for, then it is sent.
+"""The stakeholder notice: a deployer fills in the fields the runbook lists, then it is sent.
 
 The runbook's notify step lists the fields (the maintenance window and the rollback plan in
-the shipped runbook). The step waits until a deployer submits them in a form; the values are
+the shipped runbook). The step waits until a deployer submits them in a form. The values are
 stored with the deployment, so the notice, the log and any later process can use them.
 """
 

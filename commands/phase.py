@@ -1,7 +1,7 @@
 """Phase commands (``/predeploy``, ``/tag``, ``/backup``, …): run one phase of a deployment.
 
 The runbook names each phase's command. The first command may start a deployment that runs
-phase by phase (``/predeploy v11.0.0 production``); every command then runs its phases of the
+phase by phase (``/predeploy v11.0.0 production``). Every command then runs its phases of the
 environment's deployment, once the phases before it have passed. A phase that failed may be
 run again: its failed and skipped-over steps start afresh, and the audit trail records it.
 """

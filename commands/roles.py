@@ -1,4 +1,4 @@
-"""Who holds which role: the configuration lists Slack user IDs and user-group handles."""
+"""Role membership: the configuration lists Slack user IDs and user-group handles."""
 
 from commands.context import Directory
 from engine.config import Environment

@@ -1,6 +1,6 @@
 """The final sign-off: Deployed by, Validated by and Authorized by, or a rejection with a reason.
 
-Each slot is signed by a user who holds its role in the environment. Unless the environment
+Each slot is signed by a user who has its role in the environment. Unless the environment
 turns ``separate_authorizer`` off, one person may not sign both Deployed by and Authorized by.
 Reject opens a form for the reason; the reason is required and goes into the log.
 """

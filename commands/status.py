@@ -1,4 +1,4 @@
-"""``/deploy-status [environment]``: where the environment's deployment stands."""
+"""``/deploy-status [environment]``: the state of the environment's deployment."""
 
 from commands import messages
 from commands.context import Reply, Request, Services

@@ -183,7 +183,7 @@ CHECK_KINDS = ("disk_space", "command", "tls", "http")
 
 
 class ItemCheck(Strict):
-    """How the bot establishes a checklist item itself; exactly one kind."""
+    """The check by which the bot establishes a checklist item itself, of exactly one kind."""
 
     requires: list[StrictStr] = []  # settings without which a person ticks the item instead
     disk_space: DiskCheck | None = None

@@ -51,7 +51,10 @@ def wrap_script(script: str, environment: Environment) -> str:
 
 
 def run_command(environment: Environment, host: str, script: str, timeout: float) -> CommandResult:
-    """Run ``script`` on ``host`` and return its result; never raises for remote failures."""
+    """Run ``script`` on ``host`` and return its result.
+
+    A non-zero exit, a timeout and SSH or connection failures come back in the result.
+    """
     command = wrap_script(script, environment)
     started = time.monotonic()
     try:

@@ -11,7 +11,6 @@ from engine.clock import Clock
 from engine.config import Config
 from storage import repository
 from storage.db import Database
-from storage.models import OutboxMessage
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +32,12 @@ def remind_pending_signoffs(db: Database, config: Config, clock: Clock) -> list[
                 continue
             if not repository.claim_reminder(session, step.id, now, interval):
                 continue
-            repository.enqueue(
+            repository.queue_post(
                 session,
-                OutboxMessage(
-                    deployment_id=deployment.id,
-                    kind="reminder",
-                    step_id=step.step_id,
-                    created_at=now,
-                ),
+                deployment_id=deployment.id,
+                kind="reminder",
+                step_id=step.step_id,
+                created_at=now,
             )
             logger.info("Deployment %s: reminder about %s queued", deployment.id, step.step_id)
             queued.append(deployment.id)

@@ -1,7 +1,7 @@
-"""The engine that walks a deployment's steps; it knows the database, hosts and HTTP, not Slack.
+"""The engine that walks a deployment's steps. It uses the database, hosts and HTTP, never Slack.
 
 A run is resumable: every decision is read back from the database, so any worker of any
-process can continue a deployment after a restart, a button press or a crash. A worker holds
+process can continue a deployment after a restart, a button press or a crash. A worker keeps
 a lease on the deployment while it runs, and stops when the next step waits for a person.
 """
 
@@ -41,7 +41,6 @@ from storage.models import (
     ChecklistItemState,
     Deployment,
     DeploymentStatus,
-    OutboxMessage,
     SignOff,
     StepRun,
     StepStatus,
@@ -166,7 +165,7 @@ class Runner:
     # --- public ------------------------------------------------------------------------------
 
     def run(self, deployment_id: int) -> None:
-        """Advance the deployment as far as it can go, unless another worker holds it."""
+        """Advance the deployment as far as it can go, unless another worker has its lease."""
         # Each call holds its own lease, so two threads of one process exclude each other too.
         run_owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         with self.db.session() as session:
@@ -427,25 +426,21 @@ class Runner:
             if outcome.captured:
                 deployment.variables = {**(deployment.variables or {}), **outcome.captured}
             for channel, text in outcome.notices:
-                repository.enqueue(
+                repository.queue_post(
                     session,
-                    OutboxMessage(
-                        deployment_id=deployment_id,
-                        kind="notify",
-                        channel=channel,
-                        text=masker(text),
-                        created_at=now,
-                    ),
+                    deployment_id=deployment_id,
+                    kind="notify",
+                    channel=channel,
+                    text=masker(text),
+                    created_at=now,
                 )
             if step.kind in ("run", "probe", "criteria"):
-                repository.enqueue(
+                repository.queue_post(
                     session,
-                    OutboxMessage(
-                        deployment_id=deployment_id,
-                        kind="step_output",
-                        step_id=step.id,
-                        created_at=now,
-                    ),
+                    deployment_id=deployment_id,
+                    kind="step_output",
+                    step_id=step.id,
+                    created_at=now,
                 )
             repository.audit(
                 session,
@@ -519,14 +514,12 @@ class Runner:
             deployment = repository.get_deployment(session, deployment_id)
             deployment.status = DeploymentStatus.WAITING
             deployment.updated_at = now
-            repository.enqueue(
+            repository.queue_post(
                 session,
-                OutboxMessage(
-                    deployment_id=deployment_id,
-                    kind="step_output",
-                    step_id=step.id,
-                    created_at=now,
-                ),
+                deployment_id=deployment_id,
+                kind="step_output",
+                step_id=step.id,
+                created_at=now,
             )
             self._commit_and_notify(session, deployment_id)
 
@@ -682,20 +675,18 @@ class Runner:
         repository.mark_not_run(session, deployment.id)
         repository.release_environment(session, deployment)
         if status == DeploymentStatus.CANCELLED:
-            repository.enqueue(
-                session,
-                OutboxMessage(deployment_id=deployment.id, kind="cancelled", created_at=now),
+            repository.queue_post(
+                session, deployment_id=deployment.id, kind="cancelled", created_at=now
             )
         if status == DeploymentStatus.FAILED:
-            repository.enqueue(
+            repository.queue_post(
                 session,
-                OutboxMessage(
-                    deployment_id=deployment.id, kind="alert", step_id=failed_step, created_at=now
-                ),
+                deployment_id=deployment.id,
+                kind="alert",
+                step_id=failed_step,
+                created_at=now,
             )
-        repository.enqueue(
-            session, OutboxMessage(deployment_id=deployment.id, kind="log", created_at=now)
-        )
+        repository.queue_post(session, deployment_id=deployment.id, kind="log", created_at=now)
         repository.audit(
             session,
             now=now,
@@ -713,18 +704,16 @@ class Runner:
         )
 
     def _pause(self, session, deployment: Deployment, next_step: StepRun) -> None:
-        """Stop before ``next_step``, which belongs to a phase nobody has started yet."""
+        """Stop before ``next_step``, whose phase no command has started yet."""
         now = self.clock.now()
         deployment.status = DeploymentStatus.PAUSED
         deployment.updated_at = now
-        repository.enqueue(
+        repository.queue_post(
             session,
-            OutboxMessage(
-                deployment_id=deployment.id,
-                kind="paused",
-                step_id=next_step.step_id,
-                created_at=now,
-            ),
+            deployment_id=deployment.id,
+            kind="paused",
+            step_id=next_step.step_id,
+            created_at=now,
         )
         repository.audit(
             session,

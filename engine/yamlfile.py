@@ -2,7 +2,7 @@
 
 PyYAML silently keeps the last of two duplicate keys and turns an unquoted ``3.10`` into the
 float 3.1. This loader rejects duplicate keys, non-string keys, merge keys and tags other than
-the plain scalar types, and records the line of every mapping key and sequence item, so that a
+the plain scalar types. It records the line of every mapping key and sequence item, so that a
 validation error can name the file, the line and the dotted path. It also keeps the source
 text of every scalar that YAML read as a number, boolean or date, so that an error can show
 ``3.10`` rather than 3.1 when it asks for quotes.
@@ -77,7 +77,12 @@ class YamlDocument:
 def dotted(location: Location) -> str:
     text = ""
     for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = str(part)
     return text
 
 

@@ -145,7 +145,7 @@ class SignOff(SQLModel, table=True):
 
 
 class ChecklistItemState(SQLModel, table=True):
-    """How one item of a manual step was settled: by a person, a waiver, or the bot's check."""
+    """The settlement of one item of a manual step: a person's tick, a waiver or the bot's check."""
 
     __tablename__ = "checklist_items"
     __table_args__ = (UniqueConstraint("deployment_id", "step_id", "item_index"),)

@@ -76,8 +76,8 @@ def latest_deployment(session: Session, environment: str) -> Deployment | None:
 def take_environment(session: Session, deployment: Deployment, now: datetime) -> None:
     """Take the environment's lock for ``deployment``, new or resuming after it ended.
 
-    Raises EnvironmentBusy when another deployment holds it. This must be the first write of
-    a fresh session (after the deployment's own insert): on a conflict it is rolled back.
+    Raises EnvironmentBusy when another deployment has the lock. This must be the first write
+    of a fresh session, after the deployment's own insert, because a conflict rolls it back.
     """
     lock = EnvironmentLock(
         environment=deployment.environment, deployment_id=deployment.id, acquired_at=now
@@ -116,10 +116,10 @@ def sign_offs_of(session: Session, deployment_id: int) -> list[SignOff]:
 
 
 def unfinished_deployments(session: Session, now: datetime, grace: float = 60.0) -> list[int]:
-    """Return ids of unfinished deployments that no worker holds, such as after a crash.
+    """Return ids of unfinished deployments without a worker's lease, such as after a crash.
 
     Waiting deployments are included because a decision may have been stored just before
-    its process stopped; the runner returns at once when the step is still waiting.
+    its process stopped. The runner returns at once when the step is still waiting.
     """
     unfinished = [DeploymentStatus.PENDING, DeploymentStatus.RUNNING, DeploymentStatus.WAITING]
     statement = select(Deployment.id).where(
@@ -318,6 +318,11 @@ def audit_trail(session: Session, deployment_id: int) -> list[AuditEvent]:
 
 def enqueue(session: Session, message: OutboxMessage) -> None:
     session.add(message)
+
+
+def queue_post(session: Session, **fields: Any) -> None:
+    """Queue a Slack post (an OutboxMessage with ``fields``) in the current transaction."""
+    session.add(OutboxMessage(**fields))
 
 
 def claim_outbox(

@@ -178,8 +178,8 @@ def header(message) -> str:
 
 
 def drive_until_finished(slack, requester: SlackRequester, server: GonogoServer) -> list[str]:
-    """Press the checklist's buttons until the deployment ends; return the refusals seen."""
-    refusals: list[str] = []
+    """Press the checklist's buttons until the deployment ends; return the rejections seen."""
+    rejections: list[str] = []
     pressed: set[str] = set()
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
@@ -189,7 +189,7 @@ def drive_until_finished(slack, requester: SlackRequester, server: GonogoServer)
             "Failed",
             "Rejected",
         ):
-            return refusals
+            return rejections
         current = buttons(message) if message else []
         fresh = [
             button
@@ -206,7 +206,7 @@ def drive_until_finished(slack, requester: SlackRequester, server: GonogoServer)
         if button["action_id"] == "notice.write":
             write_notice(slack, requester, message, button)
         elif button["action_id"] == "gate.approve":
-            refusals.append(press(slack, requester, message, button, REQUESTER))
+            rejections.append(press(slack, requester, message, button, REQUESTER))
             press(slack, requester, message, button, APPROVER)
             pressed.add(button["value"] + "gate.reject")
         else:
@@ -276,7 +276,7 @@ def test_release_to_production(tmp_path, target, slack):
                     "/deploy", "v11.0.0 production", user_id=REQUESTER, channel_id="C0REQUEST"
                 )
                 acknowledged = time.monotonic() - started
-                refusals = drive_until_finished(slack, requester, server)
+                rejections = drive_until_finished(slack, requester, server)
                 slack.wait_for(
                     lambda: any("DEPLOYMENT LOG" in m.text for m in thread_of(slack)), timeout=30
                 )
@@ -287,7 +287,7 @@ def test_release_to_production(tmp_path, target, slack):
     assert acknowledged < 3.0
     assert deployment.status == DeploymentStatus.SUCCEEDED
     assert [s.step_id for s in steps if s.status != StepStatus.PASSED] == []
-    assert any("cannot approve" in text for text in refusals)
+    assert any("cannot approve" in text for text in rejections)
 
     # The run waited for the approval: the rollout began after the approver's press.
     approval = next(s for s in sign_offs if s.step_id == "go-no-go")
