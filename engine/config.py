@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -54,6 +55,18 @@ RESERVED_COMMANDS = frozenset({"/deploy", "/deploy-status", "/deploy-log", "/dep
 # Variables the engine sets for every deployment; see engine.runner.deployment_variables.
 BUILTIN_VARIABLES = frozenset(
     {"version", "environment", "deployment_id", "requested_by", "runbook", "deadline_7d"}
+)
+# A rollback also knows the backup it restores, from the record gonogo made when it was taken.
+ROLLBACK_VARIABLES = frozenset(
+    {
+        "backup_dump",
+        "backup_size",
+        "backup_sha256",
+        "backup_row_count",
+        "backup_deployment_id",
+        "backup_taken_at",
+        "rolled_back_version",
+    }
 )
 # backup_dir is derived from the backup_root setting, so it exists only where that does.
 BACKUP_DIR, BACKUP_ROOT = "backup_dir", "backup_root"
@@ -248,6 +261,19 @@ class GateSpec(Strict):
     role: Literal["approvers"] = "approvers"
     allow_self: bool = False
     prompt: StrictStr = ""
+    always: bool = False  # asked even in an environment that does not require approval
+
+
+class BackupSpec(Strict):
+    """What a run step leaves in ``{{ backup_dir }}``, for gonogo to record and prove usable.
+
+    After the command succeeds, gonogo records the dump's size and SHA-256 and the row count,
+    then runs ``restore_check``, which must show that the dump restores.
+    """
+
+    dump: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._-]+$")]  # a file in backup_dir
+    row_count: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+    restore_check: StrictStr | None = None
 
 
 class CriteriaSpec(Strict):
@@ -272,6 +298,7 @@ class Step(Strict):
     gate: GateSpec | None = None
     signoff: SignoffSpec | None = None
     criteria: CriteriaSpec | None = None
+    backup: BackupSpec | None = None  # the run step takes the deployment's backup
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
@@ -280,6 +307,8 @@ class Step(Strict):
             raise ValueError(
                 f"a step needs exactly one of {', '.join(STEP_KINDS)}; found {kinds or 'none'}"
             )
+        if self.backup is not None and self.run is None:
+            raise ValueError("backup goes with a run step, whose command takes the backup")
         return self
 
     @property
@@ -311,12 +340,14 @@ class Window(Strict):
 
 class RollbackProcedure(Strict):
     title: Annotated[StrictStr, Title]
-    within_minutes: Annotated[int, Field(gt=0)] | None = None  # offered only this long after
+    # Offered only this long after the rollout phase ended; an environment may set its own.
+    within_minutes: Annotated[int, Field(gt=0)] | None = None
     steps: Annotated[list[Step], Field(min_length=1)]
 
 
 class Rollback(Strict):
-    quick: RollbackProcedure
+    rollout_phase: Annotated[StrictStr, Field(pattern=SLUG)] = "rollout"  # its end starts the
+    quick: RollbackProcedure  # quick window; a release that never reached it has nothing to undo
     full: RollbackProcedure
     verify: RollbackProcedure
 
@@ -371,6 +402,33 @@ class DeploymentLogFields(Strict):
         return references
 
 
+RELEASE, ROLLBACK, WINDOW = "release", "rollback", "window"
+ROLLBACK_MODES = ("quick", "full")
+QUICK_ROLLBACK_MINUTES = 30  # when neither the runbook nor the environment sets the window
+CONFIRM_RESTORE, CHECK_BACKUP = "confirm-restore", "check-backup"
+GUARD_STEPS = frozenset({CONFIRM_RESTORE, CHECK_BACKUP})
+# Compares the dump with its record just before a restore; the values come from the database.
+CHECK_BACKUP_COMMAND = """\
+dump={{ backup_dir }}/{{ backup_dump }}
+if ! test -f "$dump"; then
+  echo "The backup dump $dump is gone; restore by hand from another copy." >&2
+  exit 1
+fi
+size=$(wc -c < "$dump" | tr -d ' ')
+sum=$(sha256sum < "$dump" | cut -d ' ' -f 1)
+echo "$dump: $size bytes, SHA-256 $sum"
+if test "$size" != {{ backup_size }} || test "$sum" != {{ backup_sha256 }}; then
+  echo "The backup dump $dump has changed since it was taken: it was" {{ backup_size }} \\
+    "bytes with SHA-256" {{ backup_sha256 }}. "Nothing was restored." >&2
+  exit 1
+fi
+"""
+
+
+def _phase(phase_id: str, title: str, steps: list[Step]) -> Phase:
+    return Phase(id=phase_id, title=title[:80], steps=steps)
+
+
 class Runbook(Strict):
     name: Annotated[StrictStr, Field(pattern=SLUG)]
     title: Annotated[StrictStr, Title]
@@ -395,17 +453,23 @@ class Runbook(Strict):
             raise ValueError(f"is not a valid regex: {error}") from None
         return pattern
 
+    _procedures: dict[str, list[tuple[Phase, Step]]] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _unique_ids(self) -> Runbook:
+        # Every step id is unique in the whole runbook, so an id alone finds its definition.
         seen: set[str] = set()
-        for phase_index, phase in enumerate(self.phases):
-            for step_index, step in enumerate(phase.steps):
-                if step.id in seen:
+        for group_location, steps in self.step_groups():
+            for step_index, step in enumerate(steps):
+                if step.id in seen or step.id in GUARD_STEPS:
                     raise _located_error(
-                        ("phases", phase_index, "steps", step_index, "id"),
-                        f"step id {step.id!r} is used twice; step ids must be unique",
+                        (*group_location, step_index, "id"),
+                        f"step id {step.id!r} is "
+                        + ("used twice" if step.id in seen else "gonogo's own")
+                        + "; step ids must be unique in the runbook",
                     )
                 seen.add(step.id)
+        phase_ids = {step.id for _, step in self.steps()}
         previous = None
         taken: set[str] = set()
         for phase_index, phase in enumerate(self.phases):
@@ -426,27 +490,107 @@ class Runbook(Strict):
         for level in ("must_have", "should_have", "nice_to_have"):
             for index, criterion in enumerate(getattr(self.success_criteria, level)):
                 for step_index, step_id in enumerate(criterion.steps):
-                    if step_id not in seen:
+                    if step_id not in phase_ids:
                         raise _located_error(
                             ("success_criteria", level, index, "steps", step_index),
                             f"success criterion names step {step_id!r}, which no phase has",
                         )
         for location, step_id in self.deployment_log.step_references():
-            if step_id not in seen:
+            if step_id not in phase_ids:
                 raise _located_error(
                     ("deployment_log", *location),
                     f"deployment_log names step {step_id!r}, which no phase has",
                 )
+        if self.rollback and self.rollback.rollout_phase not in {p.id for p in self.phases}:
+            raise _located_error(
+                ("rollback", "rollout_phase"),
+                f"no phase has the id {self.rollback.rollout_phase!r}",
+            )
+        backups = [step for _, step in self.steps() if step.backup]
+        if len(backups) > 1:
+            raise _located_error(
+                ("phases",),
+                f"steps {', '.join(s.id for s in backups)} all take the backup; one step takes it",
+            )
         return self
 
     def step(self, step_id: str) -> Step:
-        for _, step in self.steps():
-            if step.id == step_id:
-                return step
+        """Return the definition of ``step_id`` in any procedure of the runbook."""
+        for name in self.procedure_names():
+            for _, step in self.procedure(name):
+                if step.id == step_id:
+                    return step
         raise KeyError(f"step {step_id} is not in runbook {self.name}")
 
     def steps(self) -> list[tuple[Phase, Step]]:
         return [(phase, step) for phase in self.phases for step in phase.steps]
+
+    def backup_step(self) -> Step | None:
+        return next((step for _, step in self.steps() if step.backup), None)
+
+    def window(self, window_id: str) -> Window | None:
+        return next((w for w in self.post_deployment if w.id == window_id), None)
+
+    def procedure_names(self) -> list[str]:
+        names = [RELEASE]
+        if self.rollback:
+            names += [f"{ROLLBACK}:{mode}" for mode in ROLLBACK_MODES]
+        names += [f"{WINDOW}:{window.id}" for window in self.post_deployment]
+        return names
+
+    def procedure(self, name: str) -> list[tuple[Phase, Step]]:
+        """Return the phases and steps a deployment runs by its procedure.
+
+        ``release`` is the runbook's phases. ``rollback:quick`` and ``rollback:full`` are a
+        rollback followed by its verification; a full one first asks a second approver and
+        checks the backup against its record. ``window:ID`` is one post-deployment window.
+        """
+        if name == RELEASE:
+            return self.steps()
+        if name not in self._procedures:
+            kind, _, detail = name.partition(":")
+            if kind == WINDOW and self.window(detail):
+                window = self.window(detail)
+                phases = [_phase(window.id, window.title, window.steps)]
+            elif kind == ROLLBACK and self.rollback and detail in ROLLBACK_MODES:
+                chosen = getattr(self.rollback, detail)
+                guard = self._restore_guard() if detail == "full" else []
+                verify = self.rollback.verify
+                phases = [
+                    _phase(f"rollback-{detail}", chosen.title, [*guard, *chosen.steps]),
+                    _phase("rollback-verify", verify.title, verify.steps),
+                ]
+            else:
+                raise KeyError(f"runbook {self.name} has no procedure {name}")
+            self._procedures[name] = [(phase, step) for phase in phases for step in phase.steps]
+        return self._procedures[name]
+
+    def _restore_guard(self) -> list[Step]:
+        """Return the steps gonogo puts before a database restore."""
+        guard = [
+            Step(
+                id=CONFIRM_RESTORE,
+                title="A second approver confirms the database restore",
+                gate=GateSpec(
+                    always=True,
+                    prompt=(
+                        "Restore the database of {{ environment }} from the backup of "
+                        "deployment {{ backup_deployment_id }}, taken {{ backup_taken_at }}? "
+                        "Everything written since then is lost."
+                    ),
+                ),
+            )
+        ]
+        backup = self.backup_step()
+        if backup is not None:
+            guard.append(
+                Step(
+                    id=CHECK_BACKUP,
+                    title="The backup still matches its recorded size and SHA-256",
+                    run=RunSpec(hosts=backup.run.hosts, command=CHECK_BACKUP_COMMAND),
+                )
+            )
+        return guard
 
     def phase_commands(self) -> dict[str, list[Phase]]:
         """Return each phase command with the phases it runs, in runbook order."""
@@ -488,6 +632,7 @@ class Roles(Strict):
     deployers: list[RoleMember] = []
     approvers: list[RoleMember] = []
     validators: list[RoleMember] = []
+    on_call: list[RoleMember] = []  # may roll back, like deployers
 
 
 class Environment(Strict):
@@ -499,6 +644,8 @@ class Environment(Strict):
     require_approval: bool = True
     separate_authorizer: bool = True  # the final sign-off's authorizer may not be its deployer
     signoff_reminder_minutes: Annotated[int, Field(ge=1, le=1440)] = 30
+    quick_rollback_minutes: Annotated[int, Field(ge=1, le=1440)] | None = None  # the runbook's
+    backup_retention: Annotated[int, Field(ge=1, le=1000)] = 5  # backups kept per environment
     ssh: SshSettings | None = None
     hosts: dict[StrictStr, Annotated[list[StrictStr], Field(min_length=1)]]
     path_prepend: list[StrictStr] = []  # directories put in front of PATH for every command
@@ -1016,6 +1163,8 @@ def _check_references(
         if group_location[0] != "phases":
             # Post-deployment and rollback steps run after the phases, so every capture counts.
             known |= {name for _, step in runbook.steps() for name in _captures(step)}
+        if group_location[0] == "rollback":
+            known |= ROLLBACK_VARIABLES
         for step_index, step in enumerate(steps):
             location: Location = group_location + (step_index,)
 

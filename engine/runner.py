@@ -16,11 +16,13 @@ from typing import Any, Protocol
 
 import httpx
 
-from engine import criteria
+from engine import backups, criteria
 from engine import evidence as evidence_checks
 from engine.clock import Clock
 from engine.config import (
+    BACKUP_DIR,
     REJECTED_SLOT,
+    RELEASE,
     SIGNOFF_SLOTS,
     Config,
     Environment,
@@ -38,6 +40,7 @@ from engine.templates import Masker, MissingValue, render, render_data, render_s
 from storage import repository
 from storage.db import Database
 from storage.models import (
+    Backup,
     ChecklistItemState,
     Deployment,
     DeploymentStatus,
@@ -69,10 +72,12 @@ class NullObserver:
         pass
 
 
-def plan_steps(runbook: Runbook, environment: Environment) -> list[StepRun]:
+def plan_steps(
+    runbook: Runbook, environment: Environment, procedure: str = RELEASE
+) -> list[StepRun]:
     """Return the step rows of a new deployment, in order, with manual fallbacks marked."""
     rows = []
-    for position, (phase, step) in enumerate(runbook.steps()):
+    for position, (phase, step) in enumerate(runbook.procedure(procedure)):
         missing = [name for name in step.requires if environment.settings.get(name) is None]
         reason = None
         if missing and step.kind != "manual":
@@ -269,7 +274,7 @@ class Runner:
                 return _CONTINUE
             self._apply_sign_off(session, deployment, step, sign_off)
             return _CONTINUE
-        if step.kind == "gate" and not environment.require_approval:
+        if step.kind == "gate" and not environment.require_approval and not definition.gate.always:
             reason = f"approval is not required in {environment.name}"
             repository.update_step(
                 session,
@@ -407,6 +412,8 @@ class Runner:
                 outcome = self._judge_criteria(deployment_id)
             else:
                 outcome = self._perform(step, environment, values)
+            if step.backup is not None and outcome.ok:
+                outcome = self._secure_backup(deployment_id, step, environment, values, outcome)
         except MissingValue as error:
             outcome = _Outcome(False, error=_missing_value_message(error, environment))
         with self.db.session() as session:
@@ -565,6 +572,86 @@ class Runner:
             summary="; ".join(e.summary for e in found),
             checked_at=self.clock.now(),
         )
+
+    def _secure_backup(
+        self,
+        deployment_id: int,
+        step: Step,
+        environment: Environment,
+        values: dict[str, Any],
+        outcome: "_Outcome",
+    ) -> "_Outcome":
+        """Record the backup the step took, prove it restores, then apply the retention count."""
+        hosts = environment.hosts[step.run.hosts]
+        location = values.get(BACKUP_DIR)
+        if len(hosts) != 1 or not location:
+            problem = (
+                f"host role {step.run.hosts} has {len(hosts)} hosts; a backup is taken on one"
+                if len(hosts) != 1
+                else "backup_root is not set, so the backup has no folder"
+            )
+            return outcome.failed(problem)
+        host = hosts[0]
+        measured = backups.measure(environment, host, location, step.backup)
+        if not measured.ok:
+            return outcome.extended(measured.output).failed(measured.error)
+        record = Backup(
+            deployment_id=deployment_id,
+            environment=environment.name,
+            host=host,
+            location=location,
+            dump=step.backup.dump,
+            size_bytes=measured.size_bytes,
+            sha256=measured.sha256,
+            row_count=measured.row_count,
+            taken_at=self.clock.now(),
+        )
+        summary = f"Backup of {backups.describe(measured.size_bytes)}, SHA-256 {measured.sha256}"
+        if measured.row_count is not None:
+            summary += f", {measured.row_count} rows recorded"
+        outcome = outcome.extended(summary)
+        if step.backup.restore_check:
+            script = render_shell(step.backup.restore_check, values)
+            result = run_command(environment, host, script, step.run.timeout)
+            outcome = outcome.extended((result.stdout + result.stderr).rstrip("\n"))
+            if not result.ok:
+                reason = result.error or f"exit code {result.exit_code}"
+                record.verification = f"the restore check failed: {reason}"
+                with self.db.session() as session:
+                    repository.save_backup(session, record)
+                    session.commit()
+                return outcome.failed(
+                    f"the backup at {location} does not restore ({reason}); "
+                    "the rollout cannot begin without a usable backup"
+                )
+            record.verification = "restored into a scratch database by the restore check"
+        else:
+            record.verification = "measured; the runbook gives no restore check"
+        record.verified_at = self.clock.now()
+        with self.db.session() as session:
+            repository.save_backup(session, record)
+            session.commit()
+            old = repository.backups_beyond(session, environment.name, environment.backup_retention)
+            old = [(row.id, row.host, row.location) for row in old]
+        removed = []
+        for backup_id, old_host, old_location in old:
+            error = backups.remove(environment, old_host, old_location)
+            if error is not None:
+                outcome = outcome.extended(
+                    f"Could not remove the old backup {old_location}: {error}"
+                )
+                continue
+            with self.db.session() as session:
+                row = session.get(Backup, backup_id)
+                row.removed_at = self.clock.now()
+                session.commit()
+            removed.append(old_location)
+        if removed:
+            outcome = outcome.extended(
+                f"Removed {len(removed)} old backup(s), keeping the newest "
+                f"{environment.backup_retention}: {', '.join(removed)}"
+            )
+        return outcome
 
     def _judge_criteria(self, deployment_id: int) -> "_Outcome":
         with self.db.session() as session:
@@ -776,6 +863,24 @@ class _Outcome:
         self.captured = captured or {}
         self.notices = notices or []
         self.hosts = hosts
+
+    def extended(self, text: str) -> "_Outcome":
+        """Return this outcome with ``text`` added to its output."""
+        joined = "\n".join(part for part in (self.output, text) if part)
+        return _Outcome(
+            self.ok,
+            exit_code=self.exit_code,
+            output=joined,
+            error=self.error,
+            captured=self.captured,
+            notices=self.notices,
+            hosts=self.hosts,
+        )
+
+    def failed(self, error: str) -> "_Outcome":
+        failed = self.extended("")
+        failed.ok, failed.error = False, error
+        return failed
 
 
 _CONTINUE: Callable[[], None] = lambda: None  # noqa: E731  (a marker: go on without slow work)

@@ -77,6 +77,10 @@ class Deployment(SQLModel, table=True):
     runbook: str
     environment: str = Field(index=True)
     version: str
+    # What it runs: "release" (the runbook's phases), "rollback:quick", "rollback:full" or
+    # "window:ID" (post-deployment checks); the last three belong to the release in parent_id.
+    procedure: str = Field(default="release", max_length=80)
+    parent_id: int | None = Field(default=None, foreign_key="deployments.id", index=True)
     status: DeploymentStatus = Field(
         default=DeploymentStatus.PENDING, sa_type=_enum_column(DeploymentStatus)
     )
@@ -159,6 +163,30 @@ class ChecklistItemState(SQLModel, table=True):
     decided_at: datetime
     evidence: str | None = Field(default=None, sa_column=Column(Text))
     reason: str | None = Field(default=None, sa_column=Column(Text))  # of a waiver
+
+
+class Backup(SQLModel, table=True):
+    """A deployment's backup on its host, as recorded after it was taken and test-restored.
+
+    A rollback restores the backup of the release it undoes, found by deployment here and
+    never by file name on the host.
+    """
+
+    __tablename__ = "backups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: int = Field(foreign_key="deployments.id", unique=True)
+    environment: str = Field(index=True)
+    host: str
+    location: str = Field(sa_column=Column(Text, nullable=False))  # the backup's folder
+    dump: str  # the database dump's file name in the folder
+    size_bytes: int
+    sha256: str = Field(max_length=64)
+    row_count: int | None = None  # of the critical table, when the dump was taken
+    taken_at: datetime
+    verified_at: datetime | None = None  # when the dump last restored cleanly
+    verification: str | None = Field(default=None, sa_column=Column(Text))  # what showed it
+    removed_at: datetime | None = None  # by the retention count; the row stays as history
 
 
 class AuditEvent(SQLModel, table=True):

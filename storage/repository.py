@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from storage.models import (
     AuditEvent,
+    Backup,
     ChecklistItemState,
     Deployment,
     DeploymentStatus,
@@ -46,16 +47,23 @@ class AlreadyDecided(Exception):
 
 
 def create_deployment(
-    session: Session, deployment: Deployment, steps: Iterable[StepRun], now: datetime
+    session: Session,
+    deployment: Deployment,
+    steps: Iterable[StepRun],
+    now: datetime,
+    *,
+    lock: bool = True,
 ) -> Deployment:
-    """Insert ``deployment`` with its steps and take its environment's lock.
+    """Insert ``deployment`` with its steps and take its environment's lock, unless ``lock``
+    is false (checks that change nothing on the hosts).
 
     Raises EnvironmentBusy naming the active deployment. This must be the first write of a
     fresh session: on a conflict the session is rolled back.
     """
     session.add(deployment)
     session.flush()
-    take_environment(session, deployment, now)
+    if lock:
+        take_environment(session, deployment, now)
     for step in steps:
         step.deployment_id = deployment.id
         session.add(step)
@@ -68,9 +76,19 @@ def active_deployment(session: Session, environment: str) -> Deployment | None:
     return session.get(Deployment, lock.deployment_id) if lock else None
 
 
-def latest_deployment(session: Session, environment: str) -> Deployment | None:
+def latest_deployment(
+    session: Session, environment: str, procedure: str | None = None
+) -> Deployment | None:
     statement = select(Deployment).where(Deployment.environment == environment)
+    if procedure is not None:
+        statement = statement.where(Deployment.procedure == procedure)
     return session.exec(statement.order_by(col(Deployment.id).desc()).limit(1)).first()
+
+
+def children_of(session: Session, deployment_id: int) -> list[Deployment]:
+    """Return the rollbacks and post-deployment checks of a release, oldest first."""
+    statement = select(Deployment).where(Deployment.parent_id == deployment_id)
+    return list(session.exec(statement.order_by(col(Deployment.id))))
 
 
 def take_environment(session: Session, deployment: Deployment, now: datetime) -> None:
@@ -446,3 +464,39 @@ def mark_not_run(session: Session, deployment_id: int) -> None:
         )
         .values(status=StepStatus.NOT_RUN)
     )
+
+
+# --- backups ---------------------------------------------------------------------------------
+
+
+def backup_of(session: Session, deployment_id: int) -> Backup | None:
+    return session.exec(select(Backup).where(Backup.deployment_id == deployment_id)).first()
+
+
+def backups_in(session: Session, environment: str, limit: int = 50) -> list[Backup]:
+    """Return the environment's backups, newest first, removed ones included."""
+    statement = select(Backup).where(Backup.environment == environment)
+    return list(session.exec(statement.order_by(col(Backup.taken_at).desc()).limit(limit)))
+
+
+def save_backup(session: Session, backup: Backup) -> Backup:
+    """Store ``backup``, replacing the record of an earlier attempt of the same deployment."""
+    earlier = backup_of(session, backup.deployment_id)
+    if earlier is not None:
+        session.delete(earlier)
+        session.flush()
+    session.add(backup)
+    session.flush()
+    return backup
+
+
+def backups_beyond(session: Session, environment: str, keep: int) -> list[Backup]:
+    """Return the verified backups still on the hosts beyond the newest ``keep``."""
+    statement = (
+        select(Backup)
+        .where(Backup.environment == environment)
+        .where(col(Backup.removed_at).is_(None))
+        .where(col(Backup.verified_at).is_not(None))
+        .order_by(col(Backup.taken_at).desc(), col(Backup.id).desc())
+    )
+    return list(session.exec(statement))[keep:]

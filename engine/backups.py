@@ -1,0 +1,107 @@
+"""Recording a deployment's backup, proving it restores, and removing old ones.
+
+After the backup step's command succeeds, gonogo measures the dump on the host itself (size,
+SHA-256, the recorded row count), runs the runbook's restore check, and stores what it found.
+A rollback later restores only a backup recorded here, and checks it against the record first.
+"""
+
+import re
+import shlex
+from dataclasses import dataclass
+from datetime import datetime
+
+from engine.config import BACKUP_ROOT, BackupSpec, Environment
+from engine.hosts import run_command
+
+MEASURE_SECONDS = 600.0  # hashing a large dump takes a while
+REMOVE_SECONDS = 300.0
+_FACT = re.compile(r"^(size|sha256|rows)=(.*)$", re.MULTILINE)
+
+
+@dataclass
+class Measurement:
+    ok: bool
+    size_bytes: int = 0
+    sha256: str = ""
+    row_count: int | None = None
+    output: str = ""
+    error: str | None = None
+
+
+def measure(environment: Environment, host: str, location: str, spec: BackupSpec) -> Measurement:
+    """Return the size, SHA-256 and recorded row count of the dump in ``location`` on ``host``.
+
+    An empty or missing dump, or a row count that is not a whole number, is a failure.
+    """
+    dump = shlex.quote(f"{location}/{spec.dump}")
+    lines = [
+        f"dump={dump}",
+        'if ! test -s "$dump"; then',
+        '  echo "The backup dump $dump is empty or missing." >&2',
+        "  exit 1",
+        "fi",
+        "echo size=$(wc -c < \"$dump\" | tr -d ' ')",
+        "echo sha256=$(sha256sum < \"$dump\" | cut -d ' ' -f 1)",
+    ]
+    if spec.row_count:
+        rows = shlex.quote(f"{location}/{spec.row_count}")
+        lines.append(f"echo rows=$(tr -d ' \\n' < {rows})")
+    result = run_command(environment, host, "\n".join(lines), MEASURE_SECONDS)
+    output = (result.stdout + result.stderr).strip()
+    if not result.ok:
+        error = result.error or result.stderr.strip() or f"exit code {result.exit_code}"
+        return Measurement(False, output=output, error=f"measuring the backup failed: {error}")
+    facts = dict(_FACT.findall(result.stdout))
+    if not re.fullmatch(r"[0-9]+", facts.get("size", "")) or not re.fullmatch(
+        r"[0-9a-f]{64}", facts.get("sha256", "")
+    ):
+        return Measurement(False, output=output, error=f"{host} gave no size and SHA-256")
+    row_count = None
+    if spec.row_count:
+        rows = facts.get("rows", "")
+        if not re.fullmatch(r"[0-9]+", rows):
+            return Measurement(
+                False,
+                output=output,
+                error=f"{spec.row_count} in the backup holds {rows!r}, not a row count",
+            )
+        row_count = int(rows)
+    return Measurement(
+        True,
+        size_bytes=int(facts["size"]),
+        sha256=facts["sha256"],
+        row_count=row_count,
+        output=output,
+    )
+
+
+def removable(environment: Environment, location: str) -> bool:
+    """Say whether ``location`` is a backup folder gonogo made, so that it may delete it."""
+    root = environment.settings.get(BACKUP_ROOT)
+    if root is None:
+        return False
+    prefix = f"{str(root).rstrip('/')}/backup-"
+    name = location[len(prefix) :]
+    return location.startswith(prefix) and re.fullmatch(r"[0-9]{8}-[0-9]{6}-d[0-9]+", name)
+
+
+def remove(environment: Environment, host: str, location: str) -> str | None:
+    """Delete the backup folder ``location`` on ``host``; return an error, or None."""
+    if not removable(environment, location):
+        return f"{location} is not a backup folder under backup_root; left in place"
+    result = run_command(environment, host, f"rm -rf -- {shlex.quote(location)}", REMOVE_SECONDS)
+    if result.ok:
+        return None
+    return result.error or result.stderr.strip() or f"exit code {result.exit_code}"
+
+
+def describe(size_bytes: int) -> str:
+    """Return a size for people: 1.2 GB, 340 kB, 12 bytes."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.1f} {unit}"
+    return f"{size_bytes} bytes"
+
+
+def taken_at_text(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
