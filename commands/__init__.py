@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 from commands import (
+    backups,
     cancel,
     checklist,
     decisions,
@@ -10,6 +11,8 @@ from commands import (
     deploy_log,
     notice,
     phase,
+    postdeploy,
+    rollback,
     signoff,
     status,
 )
@@ -26,6 +29,9 @@ def slash_commands(config: Config) -> dict[str, Handler]:
         "/deploy-status": status.handle,
         "/deploy-log": deploy_log.handle,
         "/deploy-cancel": cancel.handle,
+        "/postdeploy": postdeploy.handle,
+        "/rollback": rollback.handle,
+        "/backups": backups.handle,
     }
     for command in config.runbook.phase_commands():
         handlers[command] = phase.handle

@@ -26,12 +26,16 @@ def environment_of(
     return matching[0], None
 
 
-def current_deployment(services: Services, environment: str) -> Deployment | None:
-    """Return the environment's active deployment, or else its most recent one."""
+def current_deployment(
+    services: Services, environment: str, procedure: str | None = None
+) -> Deployment | None:
+    """Return the environment's active deployment, or else its most recent one; with
+    ``procedure``, only a deployment that runs it (``release`` for the runbook's phases)."""
     with services.db.session() as session:
-        return repository.active_deployment(session, environment) or repository.latest_deployment(
-            session, environment
-        )
+        active = repository.active_deployment(session, environment)
+        if active is not None and procedure in (None, active.procedure):
+            return active
+        return repository.latest_deployment(session, environment, procedure)
 
 
 READERS = ("deployers", "approvers")
@@ -57,4 +61,9 @@ def environment_for(
     return environment_name, None
 
 
-ROLE_WORDS = {"deployers": "deployer", "approvers": "approver", "validators": "validator"}
+ROLE_WORDS = {
+    "deployers": "deployer",
+    "approvers": "approver",
+    "validators": "validator",
+    "on_call": "on-call engineer",
+}

@@ -12,6 +12,7 @@ from commands import deploy, messages
 from commands.context import Reply, Request, Services
 from commands.lookup import current_deployment, environment_of
 from commands.roles import has_role
+from engine.config import RELEASE
 from storage import repository
 from storage.models import Deployment, DeploymentStatus, StepRun, StepStatus
 
@@ -41,7 +42,7 @@ def handle(services: Services, request: Request) -> Reply:
     environment = services.config.environments[environment_name]
     if not has_role(services.directory, environment, "deployers", request.user_id):
         return Reply(messages.role_needed("deployer", environment_name, f"run `{command}`"))
-    deployment = current_deployment(services, environment_name)
+    deployment = current_deployment(services, environment_name, RELEASE)
     if deployment is None:
         return Reply(messages.no_deployment(environment_name))
 

@@ -50,7 +50,9 @@ ROLE_MEMBER = re.compile(r"[UW][A-Z0-9]+|@[a-z0-9][a-z0-9._-]*")
 LOCAL_HOST = "local"  # host entry for this machine, where commands run without SSH
 COMMAND = r"^/[a-z][a-z0-9-]{0,30}$"
 # Commands gonogo defines itself, which no phase may take.
-RESERVED_COMMANDS = frozenset({"/deploy", "/deploy-status", "/deploy-log", "/deploy-cancel"})
+RESERVED_COMMANDS = frozenset(
+    {"/deploy", "/deploy-status", "/deploy-log", "/deploy-cancel", "/postdeploy", "/rollback", "/backups"}
+)
 
 # Variables the engine sets for every deployment; see engine.runner.deployment_variables.
 BUILTIN_VARIABLES = frozenset(
