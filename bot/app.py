@@ -37,7 +37,12 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
             text=command.get("text", ""),
             command=command["command"],
         )
-        ack(**ack_arguments(commands[command["command"]](services, request)))
+        reply = commands[command["command"]](services, request)
+        if reply.form is not None:
+            ack()
+            open_form(services, client, command["trigger_id"], reply)
+            return
+        ack(**ack_arguments(reply))
 
     @app.action(_exactly(buttons))
     def on_button(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond):
@@ -50,8 +55,7 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
         )
         reply = buttons[action["action_id"]](services, request)
         if reply.form is not None:
-            # A trigger_id is valid for 3 seconds, so the form opens on the request path.
-            client.views_open(trigger_id=body["trigger_id"], view=views.form_view(reply.form))
+            open_form(services, client, body["trigger_id"], reply)
             return
         respond(text=reply.text, response_type="ephemeral", replace_original=False)
 
@@ -67,6 +71,8 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
         reply = FORM_HANDLERS[view["callback_id"]](services, request)
         if reply.errors:
             ack(response_action="errors", errors=reply.errors)
+        elif reply.form is not None:
+            ack(response_action="update", view=views.form_view(reply.form))
         else:
             ack()
 
@@ -75,6 +81,29 @@ def build_app(services: Services, client: WebClient, signing_secret: str) -> App
         logger.exception("Handling a Slack request failed: %s", error)
 
     return app
+
+
+def open_form(services: Services, client: WebClient, trigger_id: str, reply: Reply) -> None:
+    """Open the reply's form; a trigger_id lasts 3 seconds, so this is on the request path.
+
+    The reply's slow follow-up, if any, runs in the worker and then replaces the form.
+    """
+    opened = client.views_open(trigger_id=trigger_id, view=views.form_view(reply.form))
+    if reply.follow_up is None:
+        return
+    view = opened["view"]
+    follow_up = reply.follow_up
+
+    def fill() -> None:
+        try:
+            form = follow_up()
+            client.views_update(
+                view_id=view["id"], hash=view.get("hash"), view=views.form_view(form)
+            )
+        except Exception:
+            logger.exception("Filling in the form %s failed", view.get("callback_id"))
+
+    services.worker.call(fill)
 
 
 def ack_arguments(reply: Reply) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from bot.runtime import Runtime, Settings, build_runtime
 from commands import FORM_HANDLERS, button_handlers, slash_commands
-from commands.context import Form, Request
+from commands.context import Form, Reply, Request
 from commands.roles import StaticDirectory
 from storage import repository
 from storage.models import DeploymentStatus
@@ -68,6 +68,7 @@ class ConsolePort:
         self.out = out
         self.buttons: list[Button] = []
         self.checklists: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+        self.channels: dict[str, str] = {}  # ts -> channel of every message with blocks
         self._lock = threading.Lock()
         self._count = 0
 
@@ -81,13 +82,15 @@ class ConsolePort:
             self._print(
                 f"\n── {where} ──\n" + (render_blocks(blocks) if blocks else to_plain(text))
             )
-            self._collect_buttons(channel, blocks)
+            self.channels[ts] = channel
+            self._collect_buttons(ts, blocks)
             return ts
 
     def update_message(self, channel, ts, text, blocks) -> None:
         with self._lock:
             before = self.checklists.get(ts)
             self.checklists[ts] = (channel, blocks or [])
+            self.channels[ts] = channel
             has_buttons = any(
                 block["type"] == "actions" or "accessory" in block for block in blocks or []
             )
@@ -218,7 +221,7 @@ class ConsoleSession:
             self._say(f"Unknown command `{command}`. Known commands: {known}.")
             return
         request = Request(user_id=self.user, channel_id="C0CONSOLE", text=text, command=command)
-        self._say(to_plain(handler(self.runtime.services, request).text))
+        self._show(handler(self.runtime.services, request))
 
     def _press(self, number: str) -> None:
         buttons = self.port.buttons
@@ -228,20 +231,32 @@ class ConsoleSession:
         button = buttons[int(number) - 1]
         request = Request(
             user_id=self.user,
-            channel_id=self.port.checklists[button.message_ts][0],
+            channel_id=self.port.channels.get(button.message_ts, ""),
             text=button.value,
             action_id=button.action_id,
         )
-        reply = button_handlers()[button.action_id](self.runtime.services, request)
-        if reply.form is not None:
-            self.form = reply.form
-            labels = " | ".join(field.label for field in reply.form.fields)
-            self._say(
-                f"── form: {reply.form.title} ──\n{labels}\n"
-                "Type `submit TEXT` (separate several fields with ` | `), or `cancel`."
-            )
+        self._show(button_handlers()[button.action_id](self.runtime.services, request))
+
+    def _show(self, reply: Reply) -> None:
+        """Print a reply, or open its form (filled in by its follow-up, if it has one)."""
+        if reply.form is None:
+            self._say(to_plain(reply.text))
             return
-        self._say(to_plain(reply.text))
+        self._open(reply.follow_up() if reply.follow_up else reply.form)
+
+    def _open(self, form: Form) -> None:
+        self.form = form if form.submit else None
+        lines = [f"── form: {form.title} ──"]
+        if form.text:
+            lines.append(to_plain(form.text))
+        if form.fields:
+            lines.append(" | ".join(field.label for field in form.fields))
+        if form.submit:
+            how = (
+                "`submit TEXT` (separate several fields with ` | `)" if form.fields else "`submit`"
+            )
+            lines.append(f"Type {how} to {form.submit.lower()}, or `cancel`.")
+        self._say("\n".join(lines))
 
     def _submit(self, text: str) -> None:
         form = self.form
@@ -264,6 +279,8 @@ class ConsoleSession:
         self.form = None
         if reply.text:
             self._say(to_plain(reply.text))
+        elif reply.form is not None:
+            self._open(reply.form)
 
     def _switch_user(self, user: str) -> None:
         if not re.fullmatch(r"[UW][A-Z0-9]{2,20}", user):

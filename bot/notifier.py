@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from bot import views
 from commands.context import Directory
 from commands.deploy_log import render_markdown
+from engine import rollback as rollbacks
 from engine.clock import Clock
 from engine.config import Config
 from storage import repository
@@ -178,8 +179,9 @@ class Notifier:
             steps = repository.steps_of(session, deployment_id)
             sign_offs = repository.sign_offs_of(session, deployment_id)
             item_states = repository.all_item_states(session, deployment_id)
+            target = rollbacks.rollback_target(self.config, session, deployment)
         text, blocks = views.checklist_message(
-            self.config, deployment, steps, sign_offs, item_states
+            self.config, deployment, steps, sign_offs, item_states, target
         )
         digest = hashlib.sha256(json.dumps([text, blocks], sort_keys=True).encode()).hexdigest()
         if self._drawn.get(deployment_id) == digest:
@@ -274,6 +276,10 @@ class Notifier:
                 last.rows.append(message)
             else:
                 posts.append(_Post([message], channel, list(texts), thread, broadcast, joinable))
+                if message.kind == "alert":
+                    with self.db.session() as session:
+                        target = rollbacks.rollback_target(self.config, session, deployment)
+                    posts[-1].blocks = views.alert_blocks(texts[0], target)
         return posts
 
     def _log_file(self, message: OutboxMessage, deployment, steps, sign_offs) -> "_Post":
@@ -294,7 +300,7 @@ class Notifier:
             for text in post.texts:
                 self._pace(post.channel)
                 self.slack.post_message(
-                    post.channel, text, None, thread_ts=post.thread, broadcast=post.broadcast
+                    post.channel, text, post.blocks, thread_ts=post.thread, broadcast=post.broadcast
                 )
         except Exception as error:
             ids = ", ".join(str(row.id) for row in post.rows)
@@ -348,7 +354,8 @@ class Notifier:
         if message.kind == "step_output":
             return channel, [views.step_output_message(by_id[message.step_id])], thread, False
         if message.kind == "alert":
-            return channel, [views.alert_message(deployment, steps, message.step_id)], thread, True
+            text = views.alert_message(deployment, steps, message.step_id)
+            return channel, [text], thread, True
         if message.kind == "decision":
             slot = message.text or ""  # the slot of a final sign-off, empty for other steps
             sign_off = next(s for s in sign_offs if s.step_id == message.step_id and s.slot == slot)
@@ -392,3 +399,4 @@ class _Post:
     broadcast: bool
     joinable: bool
     upload: tuple[str, str, str] | None = None  # file name, content and title of a file to upload
+    blocks: list[dict[str, Any]] | None = None  # of a post with one text

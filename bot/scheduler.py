@@ -69,6 +69,9 @@ class Worker:
             name=f"deployment-{deployment_id}",
         )
 
+    def call(self, work) -> None:
+        self.scheduler.add_job(work, name=getattr(work, "__name__", "work"))
+
     def remind(self) -> None:
         for deployment_id in remind_pending_signoffs(self.db, self.runner.config, self.clock):
             self.runner.observer.deployment_changed(deployment_id)

@@ -7,7 +7,7 @@ label) are kept here: finished phases collapse to one line and long text is cut 
 from datetime import datetime
 from typing import Any
 
-from commands import checklist, decisions, notice, signoff
+from commands import checklist, decisions, notice, rollback, signoff
 from commands.context import Form
 from commands.deploy_log import render_log
 from engine.config import SIGNOFF_SLOTS, Config
@@ -54,8 +54,12 @@ def checklist_message(
     steps: list[StepRun],
     sign_offs: list[SignOff],
     item_states: list[ChecklistItemState] | None = None,
+    rollback_target: int | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Return the summary text and blocks of a deployment's checklist message."""
+    """Return the summary text and blocks of a deployment's checklist message.
+
+    ``rollback_target`` is the release a Roll back button would undo, shown once it halted.
+    """
     waiting = next((step for step in steps if step.status == StepStatus.WAITING), None)
     state = _state_word(deployment, waiting)
     blocks: list[dict[str, Any]] = [
@@ -63,14 +67,14 @@ def checklist_message(
             "type": "header",
             "text": {
                 "type": "plain_text",
-                "text": _cut(
-                    f"{deployment.version} → {deployment.environment}: {state}", HEADER_LIMIT
-                ),
+                "text": _cut(f"{headline(deployment)}: {state}", HEADER_LIMIT),
             },
         },
         _context(
-            f"Deployment #{deployment.id} · requested by <@{deployment.requested_by}> · "
-            f"{_date_token(deployment.created_at)} · runbook `{deployment.runbook}`"
+            f"{_kind_word(deployment)} #{deployment.id} · requested by "
+            f"<@{deployment.requested_by}> · {_date_token(deployment.created_at)} · "
+            f"runbook `{deployment.runbook}`"
+            + (f" · of deployment #{deployment.parent_id}" if deployment.parent_id else "")
         ),
     ]
     phases = _phases(steps)
@@ -95,13 +99,54 @@ def checklist_message(
             blocks.append(_section(paused_message(config, following)))
     if deployment.error and deployment.status.finished:
         blocks.append(_section(f":rotating_light: *Halted:* {deployment.error}"))
+    if rollback_target is not None and deployment.status == DeploymentStatus.FAILED:
+        blocks.append(rollback_actions(rollback_target))
     blocks.append(_context(_footer(deployment, steps, phases, sign_offs)))
     return summary_text(deployment, steps, waiting), blocks
 
 
+def headline(deployment: Deployment) -> str:
+    """Name what the deployment does: a release, a rollback or a window of checks."""
+    kind, _, detail = deployment.procedure.partition(":")
+    where = f"{deployment.version} in {deployment.environment}"
+    if kind == "rollback":
+        return f"{detail.capitalize()} rollback of {where}"
+    if kind == "window":
+        return f"Checks after {where} ({detail})"
+    return f"{deployment.version} → {deployment.environment}"
+
+
+def rollback_actions(release_id: int) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "block_id": f"rollback-{release_id}",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": rollback.OPEN,
+                "text": {"type": "plain_text", "text": "Roll back"},
+                "style": "danger",
+                "value": str(release_id),
+            }
+        ],
+    }
+
+
+def alert_blocks(text: str, rollback_target: int | None) -> list[dict[str, Any]] | None:
+    """Return the blocks of an alert: its text, and a Roll back button when one applies."""
+    if rollback_target is None:
+        return None
+    return [_section(_cut(text, SECTION_LIMIT)), rollback_actions(rollback_target)]
+
+
+def _kind_word(deployment: Deployment) -> str:
+    kind = deployment.procedure.partition(":")[0]
+    return {"rollback": "Rollback", "window": "Checks"}.get(kind, "Deployment")
+
+
 def summary_text(deployment: Deployment, steps: list[StepRun], waiting: StepRun | None) -> str:
     progress = f"({_completed(steps)}/{len(steps)})"
-    head = f"{deployment.version} → {deployment.environment}"
+    head = headline(deployment)
     if deployment.status == DeploymentStatus.FAILED:
         failed = next((s for s in steps if s.status == StepStatus.FAILED), None)
         where = f" at {failed.phase_title}: {failed.title}" if failed else ""
@@ -246,14 +291,14 @@ def log_messages(
 
 def form_view(form: Form) -> dict[str, Any]:
     """Return the Slack modal that shows ``form``."""
-    return {
+    view = {
         "type": "modal",
         "callback_id": form.callback_id,
         "private_metadata": form.metadata,
         "title": {"type": "plain_text", "text": _cut(form.title, 24)},
-        "submit": {"type": "plain_text", "text": _cut(form.submit, 24)},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
+        "close": {"type": "plain_text", "text": "Cancel" if form.submit else "Close"},
+        "blocks": [_section(_cut(part, SECTION_LIMIT)) for part in _paragraphs(form.text)]
+        + [
             {
                 "type": "input",
                 "block_id": field.name,
@@ -268,6 +313,14 @@ def form_view(form: Form) -> dict[str, Any]:
             for field in form.fields
         ],
     }
+    if form.submit:
+        view["submit"] = {"type": "plain_text", "text": _cut(form.submit, 24)}
+    return view
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Split mrkdwn at blank lines into pieces for one section block each."""
+    return [part for part in text.split("\n\n") if part.strip()]
 
 
 def form_values(view: dict[str, Any]) -> dict[str, str]:
@@ -285,6 +338,8 @@ def form_values(view: dict[str, Any]) -> dict[str, str]:
 def _state_word(deployment: Deployment, waiting: StepRun | None) -> str:
     if waiting is not None:
         return "Waiting for approval" if waiting.kind == "gate" else "Waiting for a check"
+    if deployment.status == DeploymentStatus.SUCCEEDED and deployment.procedure != "release":
+        return "Rolled back" if deployment.procedure.startswith("rollback:") else "Passed"
     return DEPLOYMENT_WORDS[deployment.status]
 
 

@@ -43,6 +43,7 @@ def button_handlers() -> dict[str, Handler]:
     handlers: dict[str, Handler] = {action: decisions.handle for action in decisions.DECISIONS}
     handlers[signoff.REJECT] = signoff.reject
     handlers[notice.WRITE] = notice.open_form
+    handlers[rollback.OPEN] = rollback.open_form
     for action_id in checklist.action_ids(checklist.TICK):
         handlers[action_id] = checklist.tick
     for action_id in checklist.action_ids(checklist.WAIVE):
@@ -56,4 +57,5 @@ FORM_HANDLERS: dict[str, Handler] = {
     signoff.REASON_FORM: signoff.submit_reason,
     notice.FORM: notice.submit,
     checklist.WAIVE_FORM: checklist.submit_waiver,
+    rollback.CONFIRM: rollback.submit,
 }

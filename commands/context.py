@@ -4,6 +4,7 @@ The Slack listeners in bot.app and the console session build a Request from what
 show the Reply they get back, so one handler serves HTTP, Socket Mode and the console.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,9 +39,10 @@ class Form:
 
     callback_id: str
     title: str  # at most 24 characters, as Slack allows for a modal title
-    submit: str
+    submit: str  # empty for a form that only informs, which has no submit button
     fields: tuple[FormField, ...]
     metadata: str = ""  # comes back as Request.text when the form is submitted
+    text: str = ""  # mrkdwn shown above the fields
 
 
 @dataclass
@@ -48,7 +50,9 @@ class Reply:
     """A reply shown only to the user who acted, unless ``public`` is set.
 
     ``form`` requests input from the user instead. ``errors`` (field -> message) rejects a
-    submitted form and keeps it open.
+    submitted form and keeps it open; a ``form`` in reply to a submission replaces it.
+    ``follow_up`` is slow work, done off the request path once the form is open; the form it
+    returns replaces the open one.
     """
 
     text: str
@@ -56,11 +60,15 @@ class Reply:
     public: bool = False
     form: Form | None = None
     errors: dict[str, str] | None = None
+    follow_up: Callable[[], Form] | None = None
 
 
 class Worker(Protocol):
     def submit(self, deployment_id: int) -> None:
         """Run or continue the deployment off the request path."""
+
+    def call(self, work: Callable[[], None]) -> None:
+        """Run ``work`` off the request path."""
 
 
 class Directory(Protocol):

@@ -34,6 +34,8 @@ def render_log(
     sign_offs: list[SignOff],
     item_states: list[ChecklistItemState] | None = None,
 ) -> str:
+    if deployment.procedure.startswith("rollback:"):
+        return _rollback_log(deployment, steps, sign_offs)
     fields = config.runbook.deployment_log
     environment = config.environments[deployment.environment]
     by_id = {step.step_id: step for step in steps}
@@ -100,6 +102,64 @@ def render_log(
         lines.append(
             f"- Sign-off rejected by {rejected.user_id} at {_time(rejected.decided_at, date=True)}:"
             f" {rejected.comment}"
+        )
+    for rollback in variables.get("rollbacks", []):
+        lines += [
+            "",
+            f"ROLLBACK #{rollback['id']} ({rollback['mode']}): {rollback['status'].upper()}",
+            f"- Requested by: {rollback['requested_by']}",
+            f"- Finished: {rollback['finished_at']}",
+            f"- Backup restored from: {rollback.get('backup') or '-'}",
+        ]
+        lines += _verification(rollback)
+        if rollback.get("error"):
+            lines.append(f"- Halted: {rollback['error']}")
+    return "\n".join(lines)
+
+
+def _verification(values: dict) -> list[str]:
+    return [
+        f"- Version after rollback: {values.get('version_after_rollback') or '-'}",
+        f"- Approval rows after rollback: {values.get('approval_rows_after_rollback') or '-'}",
+        f"- Approvals the API lists: {values.get('api_approvals_after_rollback') or '-'}",
+    ]
+
+
+def _rollback_log(deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]) -> str:
+    """Return the log of a rollback: what it restored, who confirmed it, how it verified."""
+    values = deployment.variables or {}
+    mode = deployment.procedure.partition(":")[2]
+    lines = [
+        f"ROLLBACK LOG - {values.get('rolled_back_version', deployment.version)}",
+        f"Date: {_time(deployment.created_at, date=True)}",
+        f"Rolled back by: {deployment.requested_by}",
+        f"Environment: {deployment.environment}",
+        f"Rollback: #{deployment.id} ({mode}) of deployment #{deployment.parent_id}, "
+        f"status {deployment.status.value.upper()}",
+        f"Returning to: {values.get('previous_version') or 'unknown'}",
+        "",
+        "BACKUP:",
+        f"- Deployment: #{values.get('backup_deployment_id', '-')}, taken "
+        f"{values.get('backup_taken_at', '-')}",
+        f"- Folder: {values.get('backup_dir', '-')}",
+        f"- Dump: {values.get('backup_dump', '-')}, {values.get('backup_size', '-')} bytes, "
+        f"SHA-256 {values.get('backup_sha256', '-')}",
+        f"- Approval rows at backup time: {values.get('backup_row_count', '-')}",
+        "",
+        "STEPS:",
+    ]
+    for step in steps:
+        lines.append(
+            f"- {step.title}: {_result(step)}{_seconds(step.started_at, step.finished_at)}"
+        )
+    lines += ["", "VERIFICATION AFTER ROLLBACK:", *_verification(values), "", "ISSUES ENCOUNTERED:"]
+    lines += [f"- {issue}" for issue in _issues(deployment, steps)] or ["- None"]
+    lines += ["", "CONFIRMATION:"]
+    lines.append(f"- Confirmed by {deployment.requested_by} in the rollback form")
+    for sign_off in (s for s in sign_offs if not s.slot):
+        lines.append(
+            f"- Second approver: {sign_off.decision} by {sign_off.user_id} "
+            f"at {_time(sign_off.decided_at)}"
         )
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from engine.hosts import run_command
 
 MEASURE_SECONDS = 600.0  # hashing a large dump takes a while
 REMOVE_SECONDS = 300.0
-_FACT = re.compile(r"^(size|sha256|rows)=(.*)$", re.MULTILINE)
+_FACT = re.compile(r"^(size|sha256)=(.*)$", re.MULTILINE)
 
 
 @dataclass
@@ -23,15 +23,14 @@ class Measurement:
     ok: bool
     size_bytes: int = 0
     sha256: str = ""
-    row_count: int | None = None
     output: str = ""
     error: str | None = None
 
 
 def measure(environment: Environment, host: str, location: str, spec: BackupSpec) -> Measurement:
-    """Return the size, SHA-256 and recorded row count of the dump in ``location`` on ``host``.
+    """Return the size and SHA-256 of the dump in ``location`` on ``host``.
 
-    An empty or missing dump, or a row count that is not a whole number, is a failure.
+    An empty or missing dump is a failure.
     """
     dump = shlex.quote(f"{location}/{spec.dump}")
     lines = [
@@ -43,9 +42,6 @@ def measure(environment: Environment, host: str, location: str, spec: BackupSpec
         "echo size=$(wc -c < \"$dump\" | tr -d ' ')",
         "echo sha256=$(sha256sum < \"$dump\" | cut -d ' ' -f 1)",
     ]
-    if spec.row_count:
-        rows = shlex.quote(f"{location}/{spec.row_count}")
-        lines.append(f"echo rows=$(tr -d ' \\n' < {rows})")
     result = run_command(environment, host, "\n".join(lines), MEASURE_SECONDS)
     output = (result.stdout + result.stderr).strip()
     if not result.ok:
@@ -56,23 +52,20 @@ def measure(environment: Environment, host: str, location: str, spec: BackupSpec
         r"[0-9a-f]{64}", facts.get("sha256", "")
     ):
         return Measurement(False, output=output, error=f"{host} gave no size and SHA-256")
-    row_count = None
-    if spec.row_count:
-        rows = facts.get("rows", "")
-        if not re.fullmatch(r"[0-9]+", rows):
-            return Measurement(
-                False,
-                output=output,
-                error=f"{spec.row_count} in the backup holds {rows!r}, not a row count",
-            )
-        row_count = int(rows)
-    return Measurement(
-        True,
-        size_bytes=int(facts["size"]),
-        sha256=facts["sha256"],
-        row_count=row_count,
-        output=output,
-    )
+    return Measurement(True, size_bytes=int(facts["size"]), sha256=facts["sha256"], output=output)
+
+
+def read_row_count(
+    environment: Environment, host: str, location: str, spec: BackupSpec
+) -> tuple[int | None, str | None]:
+    """Return (the row count the backup's row_count file holds, None), or (None, an error)."""
+    rows_file = shlex.quote(f"{location}/{spec.row_count}")
+    result = run_command(environment, host, f"tr -d ' \\n' < {rows_file}", MEASURE_SECONDS)
+    rows = result.stdout.strip()
+    if not result.ok or not re.fullmatch(r"[0-9]+", rows):
+        said = result.error or result.stderr.strip() or repr(rows)
+        return None, f"{spec.row_count} in the backup holds no row count: {said}"
+    return int(rows), None
 
 
 def removable(environment: Environment, location: str) -> bool:
@@ -81,8 +74,9 @@ def removable(environment: Environment, location: str) -> bool:
     if root is None:
         return False
     prefix = f"{str(root).rstrip('/')}/backup-"
-    name = location[len(prefix) :]
-    return location.startswith(prefix) and re.fullmatch(r"[0-9]{8}-[0-9]{6}-d[0-9]+", name)
+    if not location.startswith(prefix):
+        return False
+    return re.fullmatch(r"[0-9]{8}-[0-9]{6}-d[0-9]+", location[len(prefix) :]) is not None
 
 
 def remove(environment: Environment, host: str, location: str) -> str | None:

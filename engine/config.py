@@ -51,7 +51,15 @@ LOCAL_HOST = "local"  # host entry for this machine, where commands run without 
 COMMAND = r"^/[a-z][a-z0-9-]{0,30}$"
 # Commands gonogo defines itself, which no phase may take.
 RESERVED_COMMANDS = frozenset(
-    {"/deploy", "/deploy-status", "/deploy-log", "/deploy-cancel", "/postdeploy", "/rollback", "/backups"}
+    {
+        "/deploy",
+        "/deploy-status",
+        "/deploy-log",
+        "/deploy-cancel",
+        "/postdeploy",
+        "/rollback",
+        "/backups",
+    }
 )
 
 # Variables the engine sets for every deployment; see engine.runner.deployment_variables.

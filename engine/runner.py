@@ -23,6 +23,7 @@ from engine.config import (
     BACKUP_DIR,
     REJECTED_SLOT,
     RELEASE,
+    ROLLBACK,
     SIGNOFF_SLOTS,
     Config,
     Environment,
@@ -603,19 +604,18 @@ class Runner:
             dump=step.backup.dump,
             size_bytes=measured.size_bytes,
             sha256=measured.sha256,
-            row_count=measured.row_count,
             taken_at=self.clock.now(),
         )
-        summary = f"Backup of {backups.describe(measured.size_bytes)}, SHA-256 {measured.sha256}"
-        if measured.row_count is not None:
-            summary += f", {measured.row_count} rows recorded"
-        outcome = outcome.extended(summary)
+        outcome = outcome.extended(
+            f"Backup of {backups.describe(measured.size_bytes)}, SHA-256 {measured.sha256}"
+        )
         if step.backup.restore_check:
             script = render_shell(step.backup.restore_check, values)
             result = run_command(environment, host, script, step.run.timeout)
             outcome = outcome.extended((result.stdout + result.stderr).rstrip("\n"))
             if not result.ok:
-                reason = result.error or f"exit code {result.exit_code}"
+                said = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
+                reason = result.error or said[0]
                 record.verification = f"the restore check failed: {reason}"
                 with self.db.session() as session:
                     repository.save_backup(session, record)
@@ -627,6 +627,13 @@ class Runner:
             record.verification = "restored into a scratch database by the restore check"
         else:
             record.verification = "measured; the runbook gives no restore check"
+        if step.backup.row_count:
+            record.row_count, error = backups.read_row_count(
+                environment, host, location, step.backup
+            )
+            if error:
+                return outcome.failed(error)
+            outcome = outcome.extended(f"Rows a full rollback must find: {record.row_count}")
         record.verified_at = self.clock.now()
         with self.db.session() as session:
             repository.save_backup(session, record)
@@ -761,6 +768,8 @@ class Runner:
         deployment.error = error
         repository.mark_not_run(session, deployment.id)
         repository.release_environment(session, deployment)
+        if deployment.procedure.startswith(f"{ROLLBACK}:") and deployment.parent_id:
+            _note_rollback(session, deployment)
         if status == DeploymentStatus.CANCELLED:
             repository.queue_post(
                 session, deployment_id=deployment.id, kind="cancelled", created_at=now
@@ -884,6 +893,33 @@ class _Outcome:
 
 
 _CONTINUE: Callable[[], None] = lambda: None  # noqa: E731  (a marker: go on without slow work)
+
+
+VERIFIED_AFTER_ROLLBACK = (
+    "version_after_rollback",
+    "approval_rows_after_rollback",
+    "api_approvals_after_rollback",
+)
+
+
+def _note_rollback(session, rollback: Deployment) -> None:
+    """Write the rollback's outcome into its release, whose log lists it."""
+    release = repository.get_deployment(session, rollback.parent_id)
+    values = rollback.variables or {}
+    entry = {
+        "id": rollback.id,
+        "mode": rollback.procedure.partition(":")[2],
+        "status": rollback.status.value,
+        "requested_by": rollback.requested_by,
+        "finished_at": rollback.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "backup": values.get("backup_dir"),
+        "error": rollback.error,
+        **{name: values.get(name) for name in VERIFIED_AFTER_ROLLBACK},
+    }
+    earlier = [
+        item for item in (release.variables or {}).get("rollbacks", []) if item["id"] != rollback.id
+    ]
+    release.variables = {**(release.variables or {}), "rollbacks": [*earlier, entry]}
 
 
 def _sign_off_for(session, deployment_id: int, step_id: str) -> SignOff | None:

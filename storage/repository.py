@@ -119,6 +119,36 @@ def release_environment(session: Session, deployment: Deployment) -> None:
         session.delete(lock)
 
 
+def hand_over_environment(
+    session: Session, release: Deployment, rollback: Deployment, now: datetime
+) -> bool:
+    """Give ``rollback`` the environment's lock: from ``release`` if the release still holds
+    it (and ask the release to end as cancelled), or else a free lock. False when another
+    deployment holds it; the session is then rolled back.
+    """
+    moved = session.execute(
+        update(EnvironmentLock)
+        .where(
+            col(EnvironmentLock.environment) == release.environment,
+            col(EnvironmentLock.deployment_id) == release.id,
+        )
+        .values(deployment_id=rollback.id, acquired_at=now)
+    )
+    if moved.rowcount == 1:
+        session.execute(
+            update(Deployment)
+            .where(col(Deployment.id) == release.id)
+            .values(cancel_requested_by=rollback.requested_by, wake_seq=Deployment.wake_seq + 1)
+        )
+        mark_resuming(session, release.id, now)
+        return True
+    try:
+        take_environment(session, rollback, now)
+    except EnvironmentBusy:
+        return False
+    return True
+
+
 def get_deployment(session: Session, deployment_id: int) -> Deployment | None:
     return session.get(Deployment, deployment_id)
 

@@ -16,6 +16,9 @@ class InlineWorker:
     def submit(self, deployment_id: int) -> None:
         self.runner.run(deployment_id)
 
+    def call(self, work) -> None:
+        work()
+
 
 class NoObserver:
     def deployment_changed(self, deployment_id: int) -> None:
