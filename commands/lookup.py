@@ -3,6 +3,7 @@
 from commands import messages
 from commands.context import Request, Services
 from commands.roles import has_role
+from engine.config import RELEASE
 from storage import repository
 from storage.models import Deployment
 
@@ -29,13 +30,13 @@ def environment_of(
 def current_deployment(
     services: Services, environment: str, procedure: str | None = None
 ) -> Deployment | None:
-    """Return the environment's active deployment, or else its most recent one; with
-    ``procedure``, only a deployment that runs it (``release`` for the runbook's phases)."""
+    """Return the environment's active deployment (a release or a rollback), or else its
+    latest release. With ``procedure``, the active one only if it runs that procedure."""
     with services.db.session() as session:
         active = repository.active_deployment(session, environment)
         if active is not None and procedure in (None, active.procedure):
             return active
-        return repository.latest_deployment(session, environment, procedure)
+        return repository.latest_deployment(session, environment, procedure or RELEASE)
 
 
 READERS = ("deployers", "approvers")

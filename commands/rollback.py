@@ -47,7 +47,7 @@ def handle(services: Services, request: Request) -> Reply:
 
 
 def open_form(services: Services, request: Request) -> Reply:
-    """The Roll back button under a halted release, a failed check or a No-Go."""
+    """Open the confirmation from the Roll back button of a halted release or a failed check."""
     release = _release(services, request.text)
     if release is None:
         return Reply(messages.stale_button())

@@ -1,7 +1,7 @@
-"""Recording a deployment's backup, proving it restores, and removing old ones.
+"""Measuring a deployment's backup on its host and removing old backups.
 
-After the backup step's command succeeds, gonogo measures the dump on the host itself (size,
-SHA-256, the recorded row count), runs the runbook's restore check, and stores what it found.
+After the backup step's command succeeds, the runner measures the dump on the host (size and
+SHA-256), runs the runbook's restore check, reads the row count, and stores what it found.
 A rollback later restores only a backup recorded here, and checks it against the record first.
 """
 
@@ -69,7 +69,7 @@ def read_row_count(
 
 
 def removable(environment: Environment, location: str) -> bool:
-    """Say whether ``location`` is a backup folder gonogo made, so that it may delete it."""
+    """Return whether ``location`` is a backup folder gonogo made, which it may delete."""
     root = environment.settings.get(BACKUP_ROOT)
     if root is None:
         return False

@@ -1,4 +1,4 @@
-"""What a rollback of a release would do, worked out from the database alone.
+"""Rollback plans: what undoing a release would do, worked out from the database alone.
 
 A rollback is a deployment of its own, whose procedure is ``rollback:quick`` or
 ``rollback:full`` and whose parent is the release it undoes. Its plan names the version to

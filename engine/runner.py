@@ -123,11 +123,13 @@ def deployment_variables(deployment: Deployment, environment: Environment) -> di
     return values
 
 
-def missing_secrets(runbook: Runbook, environment: Environment) -> list[tuple[str, str]]:
-    """Return (secret, environment variable) for each secret the phases use that is unset."""
+def missing_secrets(
+    runbook: Runbook, environment: Environment, procedure: str = RELEASE
+) -> list[tuple[str, str]]:
+    """Return (secret, environment variable) for each secret the procedure uses that is unset."""
     used = {
         name.removeprefix("secrets.")
-        for _, step in runbook.steps()
+        for _, step in runbook.procedure(procedure)
         for _, text in step_texts(step)
         for name in placeholders(text)
         if name.startswith("secrets.")
@@ -614,8 +616,8 @@ class Runner:
             result = run_command(environment, host, script, step.run.timeout)
             outcome = outcome.extended((result.stdout + result.stderr).rstrip("\n"))
             if not result.ok:
-                said = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
-                reason = result.error or said[0]
+                last_line = result.stderr.strip().splitlines()[-1:]
+                reason = result.error or (last_line or [f"exit code {result.exit_code}"])[0]
                 record.verification = f"the restore check failed: {reason}"
                 with self.db.session() as session:
                     repository.save_backup(session, record)

@@ -149,6 +149,16 @@ def hand_over_environment(
     return True
 
 
+def hold_row(session: Session, deployment_id: int) -> None:
+    """Lock the deployment's row until the session ends, so that requests which read its
+    children and then add one run one after the other. The update changes no value."""
+    session.execute(
+        update(Deployment)
+        .where(col(Deployment.id) == deployment_id)
+        .values(wake_seq=Deployment.wake_seq)
+    )
+
+
 def get_deployment(session: Session, deployment_id: int) -> Deployment | None:
     return session.get(Deployment, deployment_id)
 
