@@ -149,6 +149,11 @@ def confirmation_form(services: Services, release_id: int, requested: str | None
         plan = rollbacks.plan(services.config, session, release, requested, services.clock.now())
     if plan.refusal:
         return _notice("Cannot roll back", plan.refusal)
+    # Over SSH, so only in the follow-up: the rollback checks the dump again before it restores.
+    environment = services.config.environments[release.environment]
+    changed = backups.compare(environment, plan.backup)
+    if changed:
+        return _notice("Cannot roll back", f"The backup cannot be used: {changed}.")
     return Form(
         callback_id=CONFIRM,
         title=f"{plan.mode.capitalize()} rollback",
@@ -181,7 +186,7 @@ def plan_text(plan: rollbacks.Plan) -> str:
         f"*Backup* of deployment #{backup.deployment_id}, taken "
         f"{backups.taken_at_text(backup.taken_at)} on `{backup.host}`: "
         f"{backups.describe(backup.size_bytes)}{rows}",
-        f"SHA-256 `{backup.sha256}`",
+        f"SHA-256 `{backup.sha256}`, checked on the host just now",
         f"Folder `{backup.location}`",
         "",
         "*Steps*",

@@ -27,12 +27,12 @@ class Measurement:
     error: str | None = None
 
 
-def measure(environment: Environment, host: str, location: str, spec: BackupSpec) -> Measurement:
+def measure(environment: Environment, host: str, location: str, dump_name: str) -> Measurement:
     """Return the size and SHA-256 of the dump in ``location`` on ``host``.
 
     An empty or missing dump is a failure.
     """
-    dump = shlex.quote(f"{location}/{spec.dump}")
+    dump = shlex.quote(f"{location}/{dump_name}")
     lines = [
         f"dump={dump}",
         'if ! test -s "$dump"; then',
@@ -53,6 +53,20 @@ def measure(environment: Environment, host: str, location: str, spec: BackupSpec
     ):
         return Measurement(False, output=output, error=f"{host} gave no size and SHA-256")
     return Measurement(True, size_bytes=int(facts["size"]), sha256=facts["sha256"], output=output)
+
+
+def compare(environment: Environment, backup) -> str | None:
+    """Measure a recorded backup on its host again; return how it differs, or None."""
+    found = measure(environment, backup.host, backup.location, backup.dump)
+    if not found.ok:
+        return found.error
+    if (found.size_bytes, found.sha256) != (backup.size_bytes, backup.sha256):
+        return (
+            f"the dump {backup.location}/{backup.dump} has changed since it was taken: it is "
+            f"now {found.size_bytes} bytes with SHA-256 {found.sha256}, and was "
+            f"{backup.size_bytes} bytes with SHA-256 {backup.sha256}"
+        )
+    return None
 
 
 def read_row_count(

@@ -595,7 +595,7 @@ class Runner:
             )
             return outcome.failed(problem)
         host = hosts[0]
-        measured = backups.measure(environment, host, location, step.backup)
+        measured = backups.measure(environment, host, location, step.backup.dump)
         if not measured.ok:
             return outcome.extended(measured.output).failed(measured.error)
         record = Backup(

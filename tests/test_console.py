@@ -60,6 +60,8 @@ def test_console_deploys_sample(console_env):
     script += "press 1\nas U0APPROVER\npress 1\nwait\nas U0RELEASE\n"
     script += "press 1\nwait\n" * CHECKS_AFTER_GATE
     script += "press 1\nwait\nas U0VALIDATOR\npress 1\nwait\nas U0APPROVER\npress 1\nwait\n"
+    # The approver may not roll back; on call may, quickly, right after the release.
+    script += "/rollback local\nas U0ONCALL\n/rollback local\nsubmit\nwait\n"
     output = run_console(console_env, script)
 
     assert "Started deployment #1" in output
@@ -68,8 +70,14 @@ def test_console_deploys_sample(console_env):
     assert "DEPLOYMENT LOG - v11.0.0" in output
     assert "Authorized by: U0APPROVER" in output
     assert "Maintenance window: Sunday 10:00-10:30 UTC" in output  # the notice and the log
+    assert "You need the deployer or on-call engineer role in `local` to roll back" in output
+    assert "── form: Quick rollback ──" in output
+    assert "back to `v10.4.2`" in output
+    assert "Started rollback #2 of `v11.0.0` (quick)" in output
+    assert "== Quick rollback of v11.0.0 in local: Rolled back ==" in output
+    assert "ROLLBACK LOG - v11.0.0" in output
     site = sample_site.load(Path(console_env["GONOGO_HOME"]) / "local-site")
-    assert site.version == "v11.0.0"
+    assert site.version == "v10.4.2"
 
 
 def test_console_rejects_bad_input(console_env):

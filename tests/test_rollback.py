@@ -323,7 +323,14 @@ def test_a_changed_backup_is_not_restored(bot):
     with open(dump, "r+b") as handle:
         handle.truncate(backup.size_bytes // 2)
 
-    confirm(services, ON_CALL, "full")
+    # The plan measures the dump again and offers nothing to confirm.
+    form = run(services, "/rollback", "production full", ON_CALL).follow_up()
+    assert "has changed since it was taken" in form.text
+    assert not form.submit
+
+    # A form opened before the dump changed is caught by the rollback's own check.
+    request = Request(user_id=ON_CALL, channel_id="", text="1:full", action_id=rollback.CONFIRM)
+    assert "Started rollback #2" in rollback.submit(services, request).text
     press_gate(services, 2, APPROVER)
 
     rollback_run = stored(services, 2)
