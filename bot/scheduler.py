@@ -30,6 +30,7 @@ class Worker:
         *,
         threads: int = 8,
         sweep_seconds: float = 30.0,
+        remind_seconds: float = REMINDER_CHECK_SECONDS,
         clock: Clock | None = None,
     ):
         self.runner = runner
@@ -41,6 +42,7 @@ class Worker:
             timezone="UTC",
         )
         self.sweep_seconds = sweep_seconds
+        self.remind_seconds = remind_seconds
 
     def start(self) -> None:
         self.scheduler.start()
@@ -54,7 +56,7 @@ class Worker:
         self.scheduler.add_job(
             self.remind,
             "interval",
-            seconds=REMINDER_CHECK_SECONDS,
+            seconds=self.remind_seconds,
             id="remind-signoffs",
         )
         logger.info("Worker started with a sweep every %.0f s", self.sweep_seconds)

@@ -1,6 +1,7 @@
 """The final sign-off: three roles, a rejection with a reason, reminders, and the Slack form."""
 
 import threading
+import time
 from datetime import timedelta
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -9,6 +10,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot import views
 from bot.app import build_app
+from bot.scheduler import Worker
 from bot.slack_port import web_client
 from commands import FORM_HANDLERS, button_handlers, signoff, slash_commands
 from commands.context import Request, Services
@@ -370,3 +372,30 @@ def test_thread_message_names_slot_and_reason(services):
     assert "as Deployed by" in texts[0]
     assert texts[1].startswith(":no_entry: <@U0VALIDATOR> rejected *Final checklist*")
     assert texts[1].endswith(": Webhooks fail")
+
+
+def test_scheduler_job_sends_reminder(services):
+    _, steps, _, _ = state(services)
+    clock = FakeClock(steps["final"].started_at + timedelta(minutes=21))
+    clock.sleep = time.sleep
+    clock.monotonic = time.monotonic
+    worker = Worker(
+        Runner(services.db, services.config, owner="test", clock=clock),
+        services.db,
+        sweep_seconds=3600,
+        remind_seconds=0.2,
+        clock=clock,
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        kinds: list[str] = []
+        while time.monotonic() < deadline and "reminder" not in kinds:
+            time.sleep(0.1)
+            with services.db.session() as session:
+                rows = session.exec(repository.select(repository.OutboxMessage))
+                kinds = [row.kind for row in rows]
+    finally:
+        worker.stop()
+
+    assert kinds.count("reminder") == 1
