@@ -123,7 +123,11 @@ def submit(services: Services, request: Request) -> Reply:
     services.worker.submit(rollback_id)
     services.observer.deployment_changed(release.id)
     services.observer.deployment_changed(rollback_id)
-    return Reply(f"Started rollback #{rollback_id} of `{release.version}` ({mode}).")
+    text = (
+        f"Started rollback #{rollback_id} of `{release.version}` ({mode}). "
+        f"Follow it in <#{environment.channel}>."
+    )
+    return Reply(text, form=_notice("Rollback started", text))
 
 
 # --- the confirmation ------------------------------------------------------------------------

@@ -22,11 +22,11 @@ from sqlmodel import select
 from sample import site as sample_site
 from storage.db import Database
 from storage.models import Deployment, DeploymentStatus, SignOff, StepRun, StepStatus
-from tests.support.gonogo_server import PROJECT_DIR, GonogoServer, free_port
+from tests.support.gonogo_server import PROJECT_DIR, GonogoServer
 from tests.support.postgres import scratch_database
 from tests.support.slack_requests import SlackRequester
 from tests.support.slack_standin import SlackStandIn
-from tests.support.sshd import SshServer
+from tests.support.target import served_site
 
 SIGNING_SECRET = "e2e-signing-secret"
 REQUESTER = "U0RELEASE"
@@ -47,24 +47,8 @@ RUN_TIMEOUT = 240.0
 @pytest.fixture
 def target(tmp_path):
     """A prepared sample site served over a real sshd, with a scratch PostgreSQL database."""
-    with scratch_database("gonogo_e2e_site") as database_url:
-        site = sample_site.prepare(
-            tmp_path / "host",
-            database_url=database_url,
-            redis_url="redis://127.0.0.1:6379/0",
-            api_port=free_port(),
-            token=TEST_TOKEN,
-        )
-        sample_site.start(site.root)
-        set_env = {
-            "PATH": f"{sample_site.BIN_DIR}:/usr/local/bin:/usr/bin:/bin",
-            "GONOGO_SAMPLE_SITE": str(site.root),
-        }
-        try:
-            with SshServer(tmp_path / "sshd", set_env=set_env) as sshd:
-                yield site, sshd
-        finally:
-            sample_site.stop(site.root)
+    with served_site(tmp_path, "gonogo_e2e_site", TEST_TOKEN) as served:
+        yield served
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from datetime import timedelta
 import httpx
 import psycopg
 import pytest
-import yaml
 
 from commands import decisions, rollback
 from commands.context import Request, Services
@@ -21,14 +20,12 @@ from commands.roles import StaticDirectory
 from engine.clock import Clock
 from engine.config import load_config
 from engine.runner import Runner
-from sample import site as sample_site
 from storage import repository
 from storage.db import Database
 from storage.models import Deployment, DeploymentStatus, StepStatus
-from tests.support.gonogo_server import PROJECT_DIR, free_port
 from tests.support.inline import InlineWorker, NoObserver
 from tests.support.postgres import scratch_database
-from tests.support.sshd import SshServer
+from tests.support.target import cut_down_runbook, served_site, write_environments
 
 REQUESTER, ON_CALL, APPROVER, OUTSIDER = "U0RELEASE", "U0ONCALL", "U0APPROVER", "U0OUTSIDER"
 CHANNEL = "C0PRODUCTION"
@@ -48,86 +45,13 @@ class ShiftedClock(Clock):
 
 @pytest.fixture
 def target(tmp_path):
-    with scratch_database("gonogo_rollback_site") as database_url:
-        site = sample_site.prepare(
-            tmp_path / "host",
-            database_url=database_url,
-            redis_url="redis://127.0.0.1:6379/0",
-            api_port=free_port(),
-            token=TOKEN,
-        )
-        sample_site.start(site.root)
-        set_env = {
-            "PATH": f"{sample_site.BIN_DIR}:/usr/local/bin:/usr/bin:/bin",
-            "GONOGO_SAMPLE_SITE": str(site.root),
-        }
-        try:
-            with SshServer(tmp_path / "sshd", set_env=set_env) as sshd:
-                yield site, sshd
-        finally:
-            sample_site.stop(site.root)
+    with served_site(tmp_path, "gonogo_rollback_site", TOKEN) as served:
+        yield served
 
 
-def release_runbook(path):
-    shipped = yaml.safe_load((PROJECT_DIR / "runbooks" / "vvb-v11.yml").read_text())
-    steps = {step["id"]: step for phase in shipped["phases"] for step in phase["steps"]}
-    steps["api-health"]["probe"].update(attempts=20, interval=0.25)
-    verify = shipped["rollback"]["verify"]["steps"][0]["probe"]
-    verify.update(attempts=20, interval=0.25)
-    document = {
-        "name": "vvb-v11",
-        "title": "VVB release, cut down",
-        "phases": [
-            {"id": "backup", "title": "Backup", "steps": [steps["backup"]]},
-            {"id": "verify", "title": "Checks", "steps": [steps["current-version"]]},
-            {
-                "id": "rollout",
-                "title": "Rollout",
-                "steps": [steps["pin-version"], steps["pull-image"], steps["start-service"]],
-            },
-            {"id": "health", "title": "Health", "steps": [steps["api-health"]]},
-        ],
-        "rollback": shipped["rollback"],
-    }
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
-def environments(path, site, sshd, database_name):
-    host = f"{sshd.host}:{sshd.port}"
-    document = {
-        "environments": {
-            "production": {
-                "channel": CHANNEL,
-                "roles": {
-                    "deployers": [REQUESTER],
-                    "approvers": [APPROVER, REQUESTER],
-                    "on_call": [ON_CALL],
-                },
-                "require_approval": False,  # the second approval of a full rollback stays
-                "quick_rollback_minutes": 30,
-                "ssh": {
-                    "user": sshd.user,
-                    "key_file": str(sshd.key_file),
-                    "known_hosts": str(sshd.known_hosts),
-                },
-                "hosts": {"app": [host]},
-                "settings": {
-                    "compose_dir": str(site.compose_dir),
-                    "backup_root": str(site.backups_dir),
-                    "api_service": "sample-api",
-                    "postgres_container": "sample-postgres",
-                    "db_user": "postgres",
-                    "db_name": database_name,
-                    "health_url": f"{site.api_url}/q/health",
-                    "api_url": f"{site.api_url}/api/v11",
-                },
-                "secrets": {"test_token": "GONOGO_ROLLBACK_TEST_TOKEN"},
-            }
-        }
-    }
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
+def environments(path, site, sshd):
+    roles = {"deployers": [REQUESTER], "approvers": [APPROVER, REQUESTER], "on_call": [ON_CALL]}
+    return write_environments(path, site, sshd, roles, "GONOGO_ROLLBACK_TEST_TOKEN")
 
 
 @pytest.fixture
@@ -136,8 +60,8 @@ def bot(tmp_path, target, monkeypatch):
     site, sshd = target
     monkeypatch.setenv("GONOGO_ROLLBACK_TEST_TOKEN", TOKEN)
     config = load_config(
-        release_runbook(tmp_path / "runbook.yml"),
-        environments(tmp_path / "environments.yml", site, sshd, site.database),
+        cut_down_runbook(tmp_path / "runbook.yml"),
+        environments(tmp_path / "environments.yml", site, sshd),
     )
     db = Database(f"sqlite:///{tmp_path / 'gonogo.db'}")
     db.migrate()
@@ -384,8 +308,8 @@ def test_two_confirmations_at_once_start_one_rollback(tmp_path, target, monkeypa
     site, sshd = target
     monkeypatch.setenv("GONOGO_ROLLBACK_TEST_TOKEN", TOKEN)
     config = load_config(
-        release_runbook(tmp_path / "runbook.yml"),
-        environments(tmp_path / "environments.yml", site, sshd, site.database),
+        cut_down_runbook(tmp_path / "runbook.yml"),
+        environments(tmp_path / "environments.yml", site, sshd),
     )
     with scratch_database("gonogo_rollback_bot") as database_url:
         db = Database(database_url)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from bot import views
-from commands import decisions
+from commands import decisions, rollback
+from commands.context import Form
 from engine.config import MAX_PHASES, Config, load_config
 from engine.runner import plan_steps
 from storage.models import (
@@ -21,7 +22,7 @@ from storage.models import (
     StepRun,
     StepStatus,
 )
-from tests.support.block_kit import message_errors
+from tests.support.block_kit import message_errors, view_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTED = datetime(2025, 3, 4, 10, 0, tzinfo=UTC)
@@ -603,3 +604,107 @@ def test_decided_step_shows_no_buttons(config: Config):
 
 def texts_of(blocks) -> list[str]:
     return [block["text"]["text"] for block in blocks if block["type"] == "section"]
+
+
+# --- rollback, headlines and forms -----------------------------------------------------------
+
+ROLLBACK_TARGET = 7
+
+
+@pytest.mark.parametrize(
+    ("procedure", "expected"),
+    [
+        ("release", "v1.4.2 → production"),
+        ("rollback:quick", "Quick rollback of v1.4.2 in production"),
+        ("rollback:full", "Full rollback of v1.4.2 in production"),
+        ("window:immediate", "Checks after v1.4.2 in production (immediate)"),
+    ],
+)
+def test_headline_per_procedure(procedure: str, expected: str):
+    deployment = new_deployment(procedure=procedure)
+
+    assert views.headline(deployment) == expected
+
+
+def test_failed_shows_rollback_button(config: Config):
+    deployment = new_deployment(status=DeploymentStatus.FAILED, error="API server is healthy")
+    steps = run_until(planned(config), "api-health", StepStatus.FAILED)
+    halt(steps)
+
+    _, blocks = views.checklist_message(
+        config, deployment, steps, [], rollback_target=ROLLBACK_TARGET
+    )
+    buttons = actions_of(blocks)
+
+    assert message_errors(blocks) == []
+    assert len(buttons) == 1
+    assert buttons[0]["action_id"] == rollback.OPEN
+    assert buttons[0]["value"] == str(ROLLBACK_TARGET)
+    assert buttons[0]["text"]["text"] == "Roll back"
+    assert buttons[0]["style"] == "danger"
+    assert blocks[-1]["type"] == "context"  # the footer stays last
+
+
+@pytest.mark.parametrize(
+    ("status", "step_id", "step_status"),
+    [
+        (DeploymentStatus.SUCCEEDED, None, StepStatus.PASSED),
+        (DeploymentStatus.RUNNING, "api-health", StepStatus.RUNNING),
+        (DeploymentStatus.WAITING, "go-no-go", StepStatus.WAITING),
+        (DeploymentStatus.REJECTED, "go-no-go", StepStatus.FAILED),
+        (DeploymentStatus.CANCELLED, "pull-image", StepStatus.PASSED),
+    ],
+)
+def test_no_rollback_button_unless_failed(
+    config: Config, status: DeploymentStatus, step_id: str | None, step_status: StepStatus
+):
+    deployment = new_deployment(status=status)
+    steps = run_until(planned(config), step_id, step_status)
+    if status.finished:
+        halt(steps)
+
+    _, blocks = views.checklist_message(
+        config, deployment, steps, [], rollback_target=ROLLBACK_TARGET
+    )
+
+    assert message_errors(blocks) == []
+    assert [b for b in actions_of(blocks) if b["action_id"] == rollback.OPEN] == []
+
+
+def test_alert_blocks_without_target():
+    assert views.alert_blocks(":rotating_light: halted", None) is None
+
+
+def test_alert_blocks_with_target():
+    blocks = views.alert_blocks("A" * 5000, ROLLBACK_TARGET)
+
+    assert message_errors(blocks) == []
+    assert blocks[0]["type"] == "section"
+    assert len(blocks[0]["text"]["text"]) == 3000
+    assert [(b["action_id"], b["value"]) for b in actions_of(blocks)] == [
+        (rollback.OPEN, str(ROLLBACK_TARGET))
+    ]
+
+
+def test_form_view_without_fields_or_submit():
+    long_paragraph = "L" * 5000
+    form = Form(
+        callback_id=rollback.CONFIRM,
+        title="Cannot roll back",
+        submit="",
+        fields=(),
+        text=f"First paragraph.\n\n\n\n{long_paragraph}\n\nLast paragraph.",
+    )
+
+    view = views.form_view(form)
+    sections = [block["text"]["text"] for block in view["blocks"]]
+
+    assert view_errors(view) == []
+    assert "submit" not in view
+    assert view["close"]["text"] == "Close"
+    assert view["callback_id"] == rollback.CONFIRM
+    assert [block["type"] for block in view["blocks"]] == ["section"] * 3
+    assert sections[0] == "First paragraph."
+    assert len(sections[1]) == 3000
+    assert sections[1].endswith("…")
+    assert sections[2] == "Last paragraph."
