@@ -1,4 +1,5 @@
-"""``/deploy-cancel [environment]``: end the environment's active deployment.
+"""``/deploy-cancel [environment]``: end the environment's active deployment, or else its
+newest window of post-deployment checks that has not ended.
 
 A step that is running finishes first, because a command cut off half-way can leave a host
 in a worse state than either end. Every later step is marked as not run, the environment is
@@ -21,7 +22,9 @@ def handle(services: Services, request: Request) -> Reply:
         return Reply(error)
     now = services.clock.now()
     with services.db.session() as session:
-        deployment = repository.active_deployment(session, environment_name)
+        deployment = repository.active_deployment(
+            session, environment_name
+        ) or repository.latest_unfinished(session, environment_name)
         if deployment is None:
             return Reply(messages.nothing_to_cancel(environment_name))
         deployment.cancel_requested_by = request.user_id

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from storage.models import (
+    FINISHED_DEPLOYMENT,
     AuditEvent,
     Backup,
     ChecklistItemState,
@@ -83,6 +84,19 @@ def latest_deployment(
     if procedure is not None:
         statement = statement.where(Deployment.procedure == procedure)
     return session.exec(statement.order_by(col(Deployment.id).desc()).limit(1)).first()
+
+
+def latest_unfinished(session: Session, environment: str) -> Deployment | None:
+    """Return the environment's newest deployment that has not ended, with the lock or not
+    (a window of post-deployment checks takes none)."""
+    statement = (
+        select(Deployment)
+        .where(Deployment.environment == environment)
+        .where(col(Deployment.status).not_in(list(FINISHED_DEPLOYMENT)))
+        .order_by(col(Deployment.id).desc())
+        .limit(1)
+    )
+    return session.exec(statement).first()
 
 
 def children_of(session: Session, deployment_id: int) -> list[Deployment]:

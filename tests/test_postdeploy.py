@@ -605,3 +605,17 @@ def environments_text(tmp_path, site, prometheus) -> str:
         }
     }
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def test_waiting_window_can_be_cancelled(services, clock):
+    release(services, clock)
+    postdeploy(services)
+    reply = command(services, "/deploy-cancel", "production")
+    with services.db.session() as session:
+        release_run = repository.get_deployment(session, 1)
+        window_run = repository.get_deployment(session, 2)
+
+    assert release_run.status == DeploymentStatus.SUCCEEDED
+    assert "Cancelling deployment #2" in reply
+    assert window_run.status == DeploymentStatus.CANCELLED
+    assert "already under way" not in postdeploy(services, "production immediate")
