@@ -147,6 +147,14 @@ def nothing_to_cancel(environment: str) -> str:
     return f"`{environment}` has no active deployment, so there is nothing to cancel."
 
 
+def rolled_back(deployment: Deployment, rollback: Deployment) -> str:
+    return (
+        f"Deployment #{deployment.id} of `{deployment.version}` was rolled back by "
+        f"{deployment_link(rollback)}, so its phases cannot run again. Start a new deployment "
+        "with `/deploy`."
+    )
+
+
 def cancel_requested(deployment: Deployment) -> str:
     return (
         f"Cancelling {deployment_link(deployment)} of `{deployment.version}`. A step that is "

@@ -12,6 +12,7 @@ from commands import deploy, messages
 from commands.context import Reply, Request, Services
 from commands.lookup import current_deployment, environment_of
 from commands.roles import has_role
+from engine import rollback as rollbacks
 from engine.config import RELEASE
 from storage import repository
 from storage.models import Deployment, DeploymentStatus, StepRun, StepStatus
@@ -58,6 +59,10 @@ def _rejection(services, command, deployment: Deployment, steps, phase_ids) -> s
     ended = (DeploymentStatus.SUCCEEDED, DeploymentStatus.REJECTED, DeploymentStatus.CANCELLED)
     if deployment.status in ended:
         return messages.deployment_ended(deployment)
+    with services.db.session() as session:
+        rollback = rollbacks.undone_by(session, deployment)
+    if rollback is not None:
+        return messages.rolled_back(deployment, rollback)
     earlier = _unfinished_earlier_commands(services, steps, phase_ids)
     if earlier:
         return messages.phase_out_of_order(command, deployment, earlier)

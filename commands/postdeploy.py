@@ -132,7 +132,7 @@ def _plan(
             child
             for child in children
             if child.procedure.startswith(f"{ROLLBACK}:")
-            and child.status != DeploymentStatus.REJECTED
+            and (child.status == DeploymentStatus.SUCCEEDED or not child.status.finished)
         ),
         None,
     )

@@ -70,9 +70,12 @@ def submit(services: Services, request: Request) -> Reply:
     environment = config.environments[release.environment]
     now = services.clock.now()
     with services.db.session() as session:
+        # Another confirmation of this release waits here until this one has ended.
+        repository.hold_row(session, release.id)
         plan = rollbacks.plan(config, session, release, mode, now)
         if plan.refusal or plan.mode != mode:
             text = plan.refusal or plan.note
+            session.rollback()  # lets go of the release's row before the audit writes
             _audit(services, request, release, mode, refused=text)
             return Reply(text, form=_notice("Cannot roll back", text))
         rollback = Deployment(
@@ -95,6 +98,7 @@ def submit(services: Services, request: Request) -> Reply:
             session.rollback()
             active = repository.active_deployment(session, release.environment)
             text = messages.environment_busy(active) if active else "Try again."
+            session.rollback()
             _audit(services, request, release, mode, refused="environment busy")
             return Reply(text, form=_notice("Cannot roll back", text))
         for step in plan_steps(config.runbook, environment, plan.procedure):

@@ -66,6 +66,17 @@ def rolled_out_at(config: Config, steps: list[StepRun]) -> datetime | None:
     return max(ended)
 
 
+def undone_by(session, release: Deployment) -> Deployment | None:
+    """Return the rollback that succeeded in undoing ``release``, if one did."""
+    for child in repository.children_of(session, release.id):
+        if (
+            child.procedure.startswith(f"{ROLLBACK}:")
+            and child.status == DeploymentStatus.SUCCEEDED
+        ):
+            return child
+    return None
+
+
 def rollback_target(config: Config, session, deployment: Deployment) -> int | None:
     """Return the release a Roll back button on ``deployment``'s messages would undo.
 
@@ -121,6 +132,15 @@ def plan(
         if not child.status.finished:
             result.refusal = f"Rollback #{child.id} of `{release.version}` is still going."
             return result
+    newer = _newer_rollout(config, session, release)
+    if newer is not None:
+        result.refusal = (
+            f"Deployment #{newer.id} of `{newer.version}` has been rolled out to "
+            f"`{release.environment}` since deployment #{release.id}, so rolling back "
+            f"`{release.version}` would restore an older state over it. Roll back "
+            f"deployment #{newer.id} first, with `/rollback {release.environment}`."
+        )
+        return result
     environment = config.environments[release.environment]
     result.quick_until = result.rolled_out_at + quick_window(config, environment)
     within = now <= result.quick_until
@@ -143,6 +163,14 @@ def plan(
     result.backup = backup
     result.steps = [step.title for _, step in config.runbook.procedure(result.procedure)]
     return result
+
+
+def _newer_rollout(config: Config, session, release: Deployment) -> Deployment | None:
+    """Return the newest later release of the environment that reached its rollout."""
+    for later in repository.releases_after(session, release):
+        if rolled_out_at(config, repository.steps_of(session, later.id)) is not None:
+            return later
+    return None
 
 
 def variables(release: Deployment, backup: Backup) -> dict:

@@ -411,6 +411,10 @@ class Runner:
         masker = Masker(secret_values(environment))
         logger.info("Deployment %s: step %s started", deployment_id, step.id)
         try:
+            if step.backup is not None:
+                with self.db.session() as session:
+                    repository.forget_backup(session, deployment_id)
+                    session.commit()
             if step.criteria is not None:
                 outcome = self._judge_criteria(deployment_id)
             else:
@@ -644,6 +648,15 @@ class Runner:
             old = [(row.id, row.host, row.location) for row in old]
         removed = []
         for backup_id, old_host, old_location in old:
+            with self.db.session() as session:
+                repository.extend_run(
+                    session,
+                    deployment_id,
+                    self._run_owner.value,
+                    self.clock.now(),
+                    backups.REMOVE_SECONDS + LEASE_MARGIN,
+                )
+                session.commit()
             error = backups.remove(environment, old_host, old_location)
             if error is not None:
                 outcome = outcome.extended(
@@ -952,7 +965,13 @@ def _step_seconds(step: Step, environment: Environment) -> float:
     if step.run:
         hosts = len(environment.hosts[step.run.hosts])
         connect = environment.ssh.connect_timeout if environment.ssh else 0.0
-        return hosts * (step.run.timeout + connect)
+        seconds = hosts * (step.run.timeout + connect)
+        if step.backup:
+            # Measuring twice, the restore check (as long as the command may take) and
+            # removing the backups past the retention count, one at a time.
+            seconds += 2 * backups.MEASURE_SECONDS + step.run.timeout
+            seconds += backups.REMOVE_SECONDS * 2
+        return seconds
     if step.probe:
         probe = step.probe
         return probe.initial_delay + probe.attempts * (probe.timeout + probe.interval)

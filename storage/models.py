@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Enum, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Enum, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -180,7 +180,7 @@ class Backup(SQLModel, table=True):
     host: str
     location: str = Field(sa_column=Column(Text, nullable=False))  # the backup's folder
     dump: str  # the database dump's file name in the folder
-    size_bytes: int
+    size_bytes: int = Field(sa_type=BigInteger)  # dumps pass 2 GiB
     sha256: str = Field(max_length=64)
     row_count: int | None = None  # of the critical table, when the dump was taken
     taken_at: datetime

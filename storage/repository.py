@@ -99,6 +99,25 @@ def latest_unfinished(session: Session, environment: str) -> Deployment | None:
     return session.exec(statement).first()
 
 
+def releases_after(session: Session, release: Deployment) -> list[Deployment]:
+    """Return the releases to the same environment that came after ``release``, newest first."""
+    statement = (
+        select(Deployment)
+        .where(Deployment.environment == release.environment)
+        .where(Deployment.procedure == release.procedure)
+        .where(col(Deployment.id) > release.id)
+        .order_by(col(Deployment.id).desc())
+    )
+    return list(session.exec(statement))
+
+
+def forget_backup(session: Session, deployment_id: int) -> None:
+    """Delete the record of a deployment's backup, whose files a new attempt replaces."""
+    earlier = backup_of(session, deployment_id)
+    if earlier is not None:
+        session.delete(earlier)
+
+
 def children_of(session: Session, deployment_id: int) -> list[Deployment]:
     """Return the rollbacks and post-deployment checks of a release, oldest first."""
     statement = select(Deployment).where(Deployment.parent_id == deployment_id)

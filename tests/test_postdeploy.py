@@ -388,8 +388,7 @@ def test_windows_run_in_order(services, clock, token):
     )
 
 
-def test_rolled_back_release_rejected(services, clock):
-    release(services, clock)
+def add_rollback(services, clock, status: DeploymentStatus) -> None:
     with services.db.session() as session:
         rollback = Deployment(
             runbook="two-phase",
@@ -397,7 +396,7 @@ def test_rolled_back_release_rejected(services, clock):
             version="v11.0.0",
             procedure="rollback:quick",
             parent_id=1,
-            status=DeploymentStatus.SUCCEEDED,
+            status=status,
             requested_by=DEPLOYER,
             request_channel=CHANNEL,
             channel=CHANNEL,
@@ -405,12 +404,26 @@ def test_rolled_back_release_rejected(services, clock):
             updated_at=clock.now(),
         )
         repository.create_deployment(session, rollback, [], clock.now(), lock=False)
+
+
+def test_rolled_back_release_rejected(services, clock):
+    release(services, clock)
+    add_rollback(services, clock, DeploymentStatus.SUCCEEDED)
     reply = postdeploy(services)
 
     assert reply == (
         "Deployment #1 of `v11.0.0` to `production` has a rollback, deployment #2 (succeeded), "
         "so its post-deployment windows no longer apply."
     )
+
+
+def test_failed_rollback_leaves_windows_open(services, clock):
+    release(services, clock)
+    add_rollback(services, clock, DeploymentStatus.FAILED)
+    reply = postdeploy(services)
+
+    assert "has a rollback" not in reply
+    assert len(window_runs(services)) == 2  # the failed rollback and the window run
 
 
 # --- window steps that run to the end --------------------------------------------------------

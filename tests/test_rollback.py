@@ -12,6 +12,7 @@ from datetime import timedelta
 import httpx
 import psycopg
 import pytest
+import yaml
 
 from commands import decisions, rollback
 from commands.context import Request, Services
@@ -356,3 +357,68 @@ def test_two_confirmations_at_once_start_one_rollback(tmp_path, target, monkeypa
     assert sum(text.startswith("Started rollback") for text in texts) == 1, texts
     refused = next(text for text in texts if not text.startswith("Started rollback"))
     assert "already has an active deployment" in refused or "still going" in refused, texts
+
+
+def test_older_release_not_rolled_back_over_newer(bot):
+    services, site = bot
+    release(services)
+    run(services, "/deploy", "v11.0.1 production", REQUESTER)
+    assert stored(services, 2).status == DeploymentStatus.SUCCEEDED
+
+    button = rollback.open_form(
+        services, Request(user_id=ON_CALL, channel_id=CHANNEL, text="1", action_id=rollback.OPEN)
+    )
+    form = button.follow_up()
+    request = Request(user_id=ON_CALL, channel_id="", text="1:quick", action_id=rollback.CONFIRM)
+    submitted = rollback.submit(services, request)
+    latest = run(services, "/rollback", "production", ON_CALL).follow_up()
+
+    assert "Deployment #2 of `v11.0.1` has been rolled out" in form.text
+    assert not form.submit
+    assert "has been rolled out" in submitted.text
+    assert latest.metadata == "2:quick"  # the command offers the newest release
+    assert running_version(site) == "v11.0.1"
+
+
+def test_rolled_back_release_runs_no_more_phases(bot, tmp_path):
+    services, site = bot
+    # A health check that expects another version halts the release after its rollout.
+    document = yaml.safe_load((tmp_path / "runbook.yml").read_text())
+    health = document["phases"][3]["steps"][0]["probe"]
+    health.update(expect_json={"version": "v0.0.1"}, attempts=2)
+    (tmp_path / "runbook.yml").write_text(yaml.safe_dump(document, sort_keys=False))
+    services.config = load_config(tmp_path / "runbook.yml", tmp_path / "environments.yml")
+    services.worker = InlineWorker(Runner(services.db, services.config, owner="test"))
+    run(services, "/deploy", "v11.0.0 production", REQUESTER)
+    assert stored(services, 1).status == DeploymentStatus.FAILED
+
+    confirm(services, ON_CALL)
+    again = run(services, "/healthcheck", "production", REQUESTER)
+
+    assert stored(services, 2).status == DeploymentStatus.SUCCEEDED
+    assert "was rolled back by deployment #2" in again.text
+    assert stored(services, 1).status == DeploymentStatus.FAILED
+    assert running_version(site) == "v10.4.2"
+
+
+def test_confirmed_rollback_ends_waiting_release(bot):
+    services, site = bot
+    from commands import deploy
+
+    # Pause the release right after its rollout, still holding the environment.
+    positions = [phase for phase, _ in services.config.runbook.steps()]
+    last_rollout = max(i for i, phase in enumerate(positions) if phase.id == "rollout")
+    request = Request(user_id=REQUESTER, channel_id=CHANNEL, text="", command="/deploy")
+    deploy.start(services, request, "v11.0.0", "production", target_position=last_rollout)
+    assert stored(services, 1).status == DeploymentStatus.PAUSED
+
+    form, submitted = confirm(services, ON_CALL)
+    with services.db.session() as session:
+        holder = repository.active_deployment(session, "production")
+
+    assert "Started rollback #2" in submitted.text
+    assert stored(services, 1).status == DeploymentStatus.CANCELLED
+    assert stored(services, 1).error == f"cancelled by {ON_CALL}"
+    assert stored(services, 2).status == DeploymentStatus.SUCCEEDED
+    assert holder is None  # the rollback took the lock over, then let it go
+    assert running_version(site) == "v10.4.2"

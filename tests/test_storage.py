@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from storage import repository
 from storage.db import Database
-from storage.models import Deployment, OutboxMessage, SignOff, StepRun
+from storage.models import Backup, Deployment, OutboxMessage, SignOff, StepRun
 from tests.support.postgres import scratch_database
 
 NOW = datetime(2025, 3, 4, 10, 0, tzinfo=UTC)
@@ -376,6 +376,32 @@ def test_posted_message_is_not_claimed_again(db: Database):
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+# --- backups ---------------------------------------------------------------------------------
+
+
+def test_backup_size_past_two_gib(db: Database):
+    deployment = create(db, "production")
+    with db.session() as session:
+        repository.save_backup(
+            session,
+            Backup(
+                deployment_id=deployment.id,
+                environment="production",
+                host="app-1",
+                location="/backups/backup-20261204-101500-d1",
+                dump="db_backup.sql",
+                size_bytes=3_000_000_000,
+                sha256="0" * 64,
+                taken_at=NOW,
+            ),
+        )
+        session.commit()
+    with db.session() as session:
+        stored = repository.backup_of(session, deployment.id)
+
+    assert stored.size_bytes == 3_000_000_000
 
 
 def create(db: Database, environment: str, **fields) -> Deployment:

@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("host", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("location", sa.Text(), nullable=False),
         sa.Column("dump", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("sha256", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("row_count", sa.Integer(), nullable=True),
         sa.Column("taken_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
