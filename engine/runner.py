@@ -240,6 +240,10 @@ class Runner:
                         deployment.environment,
                     )
                 action = self._next_action(session, deployment, step)
+                slow = action is not None and action is not _CONTINUE
+                if slow and not repository.not_cancelled(session, deployment_id):
+                    session.rollback()  # cancelled meanwhile: the next turn ends the run
+                    continue
                 self._commit_and_notify(session, deployment_id)
             if action is None:
                 return

@@ -182,6 +182,20 @@ def hand_over_environment(
     return True
 
 
+def not_cancelled(session: Session, deployment_id: int) -> bool:
+    """Return whether no cancel is requested, locking the row until the session ends.
+
+    A step starts only in the transaction where this holds, so a cancel (or a rollback that
+    takes over) committed at the same moment is seen either here or by its own check.
+    """
+    result = session.execute(
+        update(Deployment)
+        .where(col(Deployment.id) == deployment_id, col(Deployment.cancel_requested_by).is_(None))
+        .values(wake_seq=Deployment.wake_seq)
+    )
+    return result.rowcount == 1
+
+
 def hold_row(session: Session, deployment_id: int) -> None:
     """Lock the deployment's row until the session ends, so that requests which read its
     children and then add one run one after the other. The update changes no value."""

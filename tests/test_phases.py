@@ -13,6 +13,7 @@ from storage.db import Database
 from storage.models import DeploymentStatus, StepStatus
 from tests.support.gonogo_server import PROJECT_DIR
 from tests.support.inline import InlineWorker, NoObserver
+from tests.support.postgres import scratch_database
 
 REQUESTER = "U0RELEASE"
 CHANNEL = "C0PRODUCTION"
@@ -280,3 +281,39 @@ def test_cancelled_deployment_takes_no_phase(services):
     reply = command(services, "/ship")
 
     assert "has ended (cancelled)" in reply
+
+
+def test_cancel_during_step_start_runs_nothing(tmp_path, ready_file):
+    """A cancel committed while the worker decides to start a step stops that step."""
+    (tmp_path / "runbook.yml").write_text(RUNBOOK)
+    (tmp_path / "environments.yml").write_text(ENVIRONMENTS.format(ready_file=ready_file))
+    config = load_config(tmp_path / "runbook.yml", tmp_path / "environments.yml")
+    with scratch_database("gonogo_cancel_race") as url:
+        db = Database(url)
+        db.migrate()
+
+        class CancelledMeanwhile(Runner):
+            def _next_action(self, session, deployment, step):
+                # Another process's cancel, committed after this worker read the deployment.
+                with db.session() as other:
+                    row = repository.get_deployment(other, deployment.id)
+                    row.cancel_requested_by = "U0APPROVER"
+                    other.commit()
+                return super()._next_action(session, deployment, step)
+
+        services = Services(
+            config=config,
+            db=db,
+            worker=InlineWorker(CancelledMeanwhile(db, config, owner="test")),
+            directory=StaticDirectory(),
+            observer=NoObserver(),
+        )
+        command(services, "/deploy", "v1.0.0 production")
+        with db.session() as session:
+            deployment = repository.get_deployment(session, 1)
+            steps = repository.steps_of(session, 1)
+        db.dispose()
+
+    assert deployment.status == DeploymentStatus.CANCELLED
+    assert [step.status for step in steps] == [StepStatus.NOT_RUN] * 3
+    assert all(step.attempts == 0 for step in steps)
