@@ -261,7 +261,7 @@ class ConsoleSession:
     def _submit(self, text: str) -> None:
         form = self.form
         if form is None:
-            self._say("No form is open. Press a button that asks for input first.")
+            self._say("No form is open. Press a button or type a command that opens one first.")
             return
         parts = [part.strip() for part in text.split(" | ")] if text else []
         values = {field.name: value for field, value in zip(form.fields, parts, strict=False)}
