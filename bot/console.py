@@ -29,7 +29,7 @@ HELP = """Commands:
   /deploy-status, /deploy-log       where a deployment stands; its log as a file
   /deploy-cancel [environment]      end the active deployment after its running step
   press N                           press button N of the latest message with buttons
-  submit TEXT                       fill in and submit the form a button opened
+  submit TEXT                       fill in and submit the open form
   as USER_ID                        act as another user, e.g. as U0APPROVER
   wait                              wait until every deployment waits for a person or ends
   status                            print the latest checklist of every deployment again
