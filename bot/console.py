@@ -28,6 +28,9 @@ HELP = """Commands:
                                     /backup, /verify, ... /signoff run the next phase
   /deploy-status, /deploy-log       where a deployment stands; its log as a file
   /deploy-cancel [environment]      end the active deployment after its running step
+  /postdeploy [environment]         run the post-deployment checks that are due
+  /rollback [environment] [kind]    show the plan of a quick or full rollback, to submit
+  /backups [environment]            list the recorded backups
   press N                           press button N of the latest message with buttons
   submit TEXT                       fill in and submit the open form
   as USER_ID                        act as another user, e.g. as U0APPROVER
