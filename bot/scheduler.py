@@ -16,6 +16,7 @@ from engine.reminders import remind_pending_signoffs
 from engine.runner import Runner
 from storage import repository
 from storage.db import Database
+from storage.models import DeploymentStatus
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,10 @@ class Worker:
     def resume_stalled(self) -> None:
         with self.db.session() as session:
             stalled = repository.unfinished_deployments(session, self.clock.now())
-        for deployment_id in stalled:
-            logger.warning("Deployment %s has no live worker; resuming it", deployment_id)
+        for deployment_id, status in stalled:
+            if status == DeploymentStatus.WAITING:
+                # Usually someone has yet to press a button; this catches a lost decision.
+                logger.debug("Deployment %s waits for a person; checking it", deployment_id)
+            else:
+                logger.warning("Deployment %s has no live worker; resuming it", deployment_id)
             self.submit(deployment_id)

@@ -4,6 +4,7 @@ Slack limits (50 blocks a message, 3,000 characters a section, 150 a header, 75 
 label) are kept here: finished phases collapse to one line and long text is cut with a note.
 """
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -211,10 +212,9 @@ def item_message(
 
 def cancelled_message(deployment: Deployment, steps: list[StepRun]) -> str:
     not_run = sum(1 for step in steps if step.status == StepStatus.NOT_RUN)
-    return (
-        f":octagonal_sign: <@{deployment.cancel_requested_by}> cancelled deployment "
-        f"#{deployment.id}; {not_run} step(s) were not run."
-    )
+    who = (deployment.error or "").removeprefix("cancelled by ")
+    by = f"<@{who}> cancelled" if re.fullmatch(r"[UW][A-Z0-9]+", who) else "Cancelled"
+    return f":octagonal_sign: {by} deployment #{deployment.id}; {not_run} step(s) were not run."
 
 
 def reminder_message(

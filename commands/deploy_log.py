@@ -132,7 +132,7 @@ def _rollback_log(deployment: Deployment, steps: list[StepRun], sign_offs: list[
     lines = [
         f"ROLLBACK LOG - {values.get('rolled_back_version', deployment.version)}",
         f"Date: {_time(deployment.created_at, date=True)}",
-        f"Rolled back by: {deployment.requested_by}",
+        f"Requested by: {deployment.requested_by}",
         f"Environment: {deployment.environment}",
         f"Rollback: #{deployment.id} ({mode}) of deployment #{deployment.parent_id}, "
         f"status {deployment.status.value.upper()}",

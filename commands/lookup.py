@@ -57,7 +57,8 @@ def environment_for(
         return None, error
     environment = services.config.environments[environment_name]
     if not any(has_role(services.directory, environment, r, request.user_id) for r in roles):
-        needed = " or ".join(ROLE_WORDS[role] for role in roles)
+        words = [ROLE_WORDS[role] for role in roles]
+        needed = " or ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
         return None, messages.role_needed(needed, environment_name, action)
     return environment_name, None
 

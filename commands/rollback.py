@@ -104,6 +104,15 @@ def submit(services: Services, request: Request) -> Reply:
         for step in plan_steps(config.runbook, environment, plan.procedure):
             step.deployment_id = rollback.id
             session.add(step)
+        # Checks of the release's version stop: the version they check is going away.
+        windows = [
+            child
+            for child in repository.children_of(session, release.id)
+            if child.procedure.startswith("window:") and not child.status.finished
+        ]
+        for window in windows:
+            window.cancel_requested_by = request.user_id
+            repository.wake(session, window.id)
         repository.audit(
             session,
             now=now,
@@ -116,6 +125,7 @@ def submit(services: Services, request: Request) -> Reply:
         )
         session.commit()
         rollback_id = rollback.id
+        window_ids = [window.id for window in windows]
     logger.info(
         "Rollback %s (%s) of deployment %s requested by %s",
         rollback_id,
@@ -124,6 +134,8 @@ def submit(services: Services, request: Request) -> Reply:
         request.user_id,
     )
     services.worker.submit(release.id)  # a release that was waiting ends as cancelled
+    for window_id in window_ids:
+        services.worker.submit(window_id)
     services.worker.submit(rollback_id)
     services.observer.deployment_changed(release.id)
     services.observer.deployment_changed(rollback_id)
@@ -159,7 +171,7 @@ def confirmation_form(services: Services, release_id: int, requested: str | None
         return _notice("Cannot roll back", plan.refusal)
     # Over SSH, so only in the follow-up: the rollback checks the dump again before it restores.
     environment = services.config.environments[release.environment]
-    changed = backups.compare(environment, plan.backup)
+    changed = backups.compare(environment, plan.backup) if plan.mode == "full" else None
     if changed:
         return _notice("Cannot roll back", f"The backup cannot be used: {changed}.")
     return Form(
@@ -194,7 +206,8 @@ def plan_text(plan: rollbacks.Plan) -> str:
         f"*Backup* of deployment #{backup.deployment_id}, taken "
         f"{backups.taken_at_text(backup.taken_at)} on `{backup.host}`: "
         f"{backups.describe(backup.size_bytes)}{rows}",
-        f"SHA-256 `{backup.sha256}`, checked on the host just now",
+        f"SHA-256 `{backup.sha256}`"
+        + (", checked on the host just now" if plan.mode == "full" else ""),
         f"Folder `{backup.location}`",
         "",
         "*Steps*",

@@ -36,4 +36,9 @@ def handle(services: Services, request: Request) -> Reply:
         following = next(step for step in steps if step.status == StepStatus.PENDING)
         phase = next(p for p in services.config.runbook.phases if p.id == following.phase_id)
         lines.append(f"Next: `{phase.command}` runs *{phase.title}*.")
+    for rollback in (deployment.variables or {}).get("rollbacks", []):
+        lines.append(
+            f"Rollback #{rollback['id']} ({rollback['mode']}) by <@{rollback['requested_by']}>: "
+            f"*{rollback['status']}* at {rollback['finished_at']}."
+        )
     return Reply("\n".join(lines))

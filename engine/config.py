@@ -596,7 +596,7 @@ class Runbook(Strict):
             guard.append(
                 Step(
                     id=CHECK_BACKUP,
-                    title="The backup still matches its recorded size and SHA-256",
+                    title="Check the backup against its recorded size and SHA-256",
                     run=RunSpec(hosts=backup.run.hosts, command=CHECK_BACKUP_COMMAND),
                 )
             )

@@ -145,7 +145,7 @@ def plan(
     result.quick_until = result.rolled_out_at + quick_window(config, environment)
     within = now <= result.quick_until
     mode = requested or ("quick" if within else "full")
-    if mode == "quick" and not within:
+    if not within and requested != "full":
         result.note = (
             f"Quick rollback is offered for {_minutes(quick_window(config, environment))} after "
             f"the rollout, which ended {backups.taken_at_text(result.rolled_out_at)}; that "
@@ -211,4 +211,4 @@ def _backup_problem(backup: Backup | None, release: Deployment) -> str | None:
 
 def _minutes(span: timedelta) -> str:
     minutes = int(span.total_seconds() // 60)
-    return f"{minutes} minute" + ("" if minutes == 1 else "s")
+    return f"{minutes} minute" + ("" if minutes == 1 else "s")  # one minute, two minutes

@@ -220,14 +220,16 @@ def sign_offs_of(session: Session, deployment_id: int) -> list[SignOff]:
     return list(session.exec(statement.order_by(col(SignOff.decided_at))))
 
 
-def unfinished_deployments(session: Session, now: datetime, grace: float = 60.0) -> list[int]:
-    """Return ids of unfinished deployments without a worker's lease, such as after a crash.
+def unfinished_deployments(
+    session: Session, now: datetime, grace: float = 60.0
+) -> list[tuple[int, DeploymentStatus]]:
+    """Return (id, status) of unfinished deployments without a worker's lease, as after a crash.
 
     Waiting deployments are included because a decision may have been stored just before
     its process stopped. The runner returns at once when the step is still waiting.
     """
     unfinished = [DeploymentStatus.PENDING, DeploymentStatus.RUNNING, DeploymentStatus.WAITING]
-    statement = select(Deployment.id).where(
+    statement = select(Deployment.id, Deployment.status).where(
         col(Deployment.status).in_(unfinished),
         or_(
             col(Deployment.lease_until) < now,
@@ -238,7 +240,7 @@ def unfinished_deployments(session: Session, now: datetime, grace: float = 60.0)
             ),
         ),
     )
-    return list(session.exec(statement))
+    return [(row[0], row[1]) for row in session.exec(statement)]
 
 
 # --- worker leases ---------------------------------------------------------------------------

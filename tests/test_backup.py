@@ -326,7 +326,7 @@ def test_backups_roles(tmp_path, site):
         approver = list_backups(services, user="U0APPROVER")
         on_call = list_backups(services, user="U0ONCALL")
 
-    assert "You need the deployer or approver or on-call engineer role" in stranger.text
+    assert "You need the deployer, approver or on-call engineer role" in stranger.text
     assert stranger.blocks is None
     assert "has no recorded backups" in approver.text
     assert "has no recorded backups" in on_call.text

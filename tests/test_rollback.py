@@ -203,17 +203,22 @@ def test_quick_rollback_keeps_the_data_and_returns_to_the_previous_version(bot):
     release(services)
     write_approvals(site, 1)
 
+    run(services, "/postdeploy", "production", REQUESTER)
+    assert stored(services, 2).status == DeploymentStatus.WAITING  # a window of checks
     form, submitted = confirm(services, REQUESTER)
     assert form.metadata == "1:quick"
     assert "Quick rollback is open until" in form.text
-    rollback_run = stored(services, 2)
+    assert stored(services, 2).status == DeploymentStatus.CANCELLED  # it checked v11.0.0
+    rollback_run = stored(services, 3)
     assert rollback_run.status == DeploymentStatus.SUCCEEDED, rollback_run.error
     assert running_version(site) == "v10.4.2"
     assert len(approval_ids(site)) == SEED_ROWS + 1  # a quick rollback leaves the data alone
+    status = run(services, "/deploy-status", "production", REQUESTER).text
+    assert f"Rollback #3 (quick) by <@{REQUESTER}>: *succeeded*" in status
 
     # Rolled back already: a second rollback is refused.
     form = run(services, "/rollback", "production", ON_CALL).follow_up()
-    assert "already rolled back by deployment #2" in form.text
+    assert "already rolled back by deployment #3" in form.text
     assert not form.submit
 
 
@@ -222,6 +227,8 @@ def test_quick_rollback_after_its_window_is_refused_and_full_offered(bot):
     release(services)
     services.clock.offset = timedelta(minutes=31)
 
+    default = run(services, "/rollback", "production", ON_CALL).follow_up()
+    assert "window closed" in default.text
     reply = run(services, "/rollback", "production quick", ON_CALL)
     form = reply.follow_up()
     assert "window closed" in form.text

@@ -708,3 +708,16 @@ def test_form_view_without_fields_or_submit():
     assert len(sections[1]) == 3000
     assert sections[1].endswith("…")
     assert sections[2] == "Last paragraph."
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("cancelled by U0ONCALL", ":octagonal_sign: <@U0ONCALL> cancelled deployment #"),
+        (None, ":octagonal_sign: Cancelled deployment #"),
+    ],
+)
+def test_cancelled_message_names_canceller(error: str | None, expected: str):
+    deployment = new_deployment(status=DeploymentStatus.CANCELLED, error=error)
+
+    assert views.cancelled_message(deployment, []).startswith(expected)

@@ -62,6 +62,20 @@ def cut_down_runbook(path: Path) -> Path:
             phases["rollout"],
             {**health_check, "steps": [steps["api-health"]]},
         ],
+        "post_deployment": [
+            {
+                "id": "immediate",
+                "title": "Immediate validation",
+                "from_minute": 0,
+                "steps": [
+                    {
+                        "id": "immediate-checks",
+                        "title": "Service answers",
+                        "manual": {"items": ["API responds to requests"]},
+                    }
+                ],
+            }
+        ],
         "rollback": shipped["rollback"],
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
