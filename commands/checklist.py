@@ -10,6 +10,7 @@ import logging
 from commands import messages
 from commands.context import Form, FormField, Reply, Request, Services
 from commands.decisions import find_step
+from commands.lookup import roles_text, tick_roles
 from commands.roles import has_role
 from engine.runner import checkable_items
 from storage import repository
@@ -38,13 +39,10 @@ def tick(services: Services, request: Request) -> Reply:
         return Reply(rejection)
     environment = services.config.environments[deployment.environment]
     definition = services.config.runbook.step(step.step_id)
-    role = definition.manual.role
-    allowed = has_role(services.directory, environment, role, request.user_id) or has_role(
-        services.directory, environment, "approvers", request.user_id
-    )
-    if not allowed:
+    roles = tick_roles(deployment, definition.manual.role)
+    if not any(has_role(services.directory, environment, r, request.user_id) for r in roles):
         action = f"tick *{definition.manual.items[index].text}*"
-        return Reply(messages.role_needed(role.removesuffix("s"), environment.name, action))
+        return Reply(messages.role_needed(roles_text(roles), environment.name, action))
     if index in checkable_items(definition, environment):
         return Reply(messages.item_checked_by_bot(definition.manual.items[index].text))
     return _settle(services, request, deployment, step, index, "ticked", None, None)

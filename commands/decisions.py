@@ -9,6 +9,7 @@ import re
 
 from commands import messages
 from commands.context import Reply, Request, Services
+from commands.lookup import roles_text, tick_roles
 from commands.roles import has_role
 from storage import repository
 from storage.models import SignOff, StepRun, StepStatus
@@ -138,14 +139,9 @@ def _rejection(services: Services, request: Request, deployment, step: StepRun, 
         if request.user_id == deployment.requested_by and not gate.allow_self:
             return messages.self_approval(step.title)
         return None
-    role = _manual_role(services, step.step_id)
-    allowed = has_role(services.directory, environment, role, request.user_id)
-    if role == "deployers":  # approvers may tick what deployers may
-        allowed = allowed or has_role(services.directory, environment, "approvers", request.user_id)
-    if not allowed:
-        return messages.role_needed(
-            role.removesuffix("s"), environment.name, f"tick *{step.title}*"
-        )
+    roles = tick_roles(deployment, _manual_role(services, step.step_id))
+    if not any(has_role(services.directory, environment, r, request.user_id) for r in roles):
+        return messages.role_needed(roles_text(roles), environment.name, f"tick *{step.title}*")
     return None
 
 

@@ -57,10 +57,26 @@ def environment_for(
         return None, error
     environment = services.config.environments[environment_name]
     if not any(has_role(services.directory, environment, r, request.user_id) for r in roles):
-        words = [ROLE_WORDS[role] for role in roles]
-        needed = " or ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
-        return None, messages.role_needed(needed, environment_name, action)
+        return None, messages.role_needed(roles_text(roles), environment_name, action)
     return environment_name, None
+
+
+def tick_roles(deployment: Deployment, role: str) -> tuple[str, ...]:
+    """Return the roles that may tick a manual item whose runbook names ``role``.
+
+    Approvers may tick what deployers may, and validators may tick the items of the
+    post-deployment checks they may start.
+    """
+    roles = (role,) if role == "approvers" else (role, "approvers")
+    if deployment.procedure.startswith("window:"):
+        roles += ("validators",)
+    return roles
+
+
+def roles_text(roles: tuple[str, ...]) -> str:
+    """Return "deployer, approver or validator" for those roles."""
+    words = [ROLE_WORDS[role] for role in roles]
+    return " or ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
 
 
 ROLE_WORDS = {

@@ -211,7 +211,7 @@ def test_tick_needs_role(tmp_path, certificates, tls_ports):
     services = start(tmp_path, certificates, tls_port=tls_ports["valid"])
     reply = press(services, checklist.TICK, 0, "U0STRANGER")
 
-    assert "You need the deployer role in `production`" in reply.text
+    assert "You need the deployer or approver role in `production`" in reply.text
 
 
 def test_double_tick_changes_nothing(tmp_path, certificates, tls_ports):
