@@ -36,6 +36,8 @@ def render_log(
 ) -> str:
     if deployment.procedure.startswith("rollback:"):
         return _rollback_log(deployment, steps, sign_offs)
+    if deployment.procedure.startswith("window:"):
+        return _window_log(config, deployment, steps, item_states)
     fields = config.runbook.deployment_log
     environment = config.environments[deployment.environment]
     by_id = {step.step_id: step for step in steps}
@@ -123,6 +125,39 @@ def _verification(values: dict) -> list[str]:
         f"- Approval rows after rollback: {values.get('approval_rows_after_rollback') or '-'}",
         f"- Approvals the API lists: {values.get('api_approvals_after_rollback') or '-'}",
     ]
+
+
+def _window_log(
+    config: Config,
+    deployment: Deployment,
+    steps: list[StepRun],
+    item_states: list[ChecklistItemState] | None,
+) -> str:
+    """Return the log of a window of post-deployment checks: each step and who ticked what."""
+    window = config.runbook.window(deployment.procedure.partition(":")[2])
+    lines = [
+        f"POST-DEPLOYMENT CHECKS - {deployment.version}",
+        f"Window: {window.title if window else deployment.procedure}",
+        f"Date: {_time(deployment.created_at, date=True)}",
+        f"Requested by: {deployment.requested_by}",
+        f"Environment: {deployment.environment}",
+        f"Checks: #{deployment.id} of deployment #{deployment.parent_id}, "
+        f"status {deployment.status.value.upper()}",
+        "",
+        "STEPS:",
+    ]
+    for step in steps:
+        took = _seconds(step.started_at, step.finished_at)
+        lines.append(f"- {step.title}: {_result(step)}{took}")
+    ticked = [state for state in item_states or [] if state.user_id]
+    if ticked:
+        lines += ["", "ITEMS:"]
+        for state in ticked:
+            item = config.runbook.step(state.step_id).manual.items[state.item_index].text
+            lines.append(f"- {item}: {state.state} by {state.user_id}")
+    lines += ["", "ISSUES ENCOUNTERED:"]
+    lines += [f"- {issue}" for issue in _issues(deployment, steps)] or ["- None"]
+    return "\n".join(lines)
 
 
 def _rollback_log(deployment: Deployment, steps: list[StepRun], sign_offs: list[SignOff]) -> str:

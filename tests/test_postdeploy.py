@@ -20,6 +20,7 @@ from sqlmodel import select
 from commands import button_handlers, checklist, slash_commands
 from commands import postdeploy as postdeploy_module
 from commands.context import Request, Services
+from commands.deploy_log import render_log
 from commands.roles import StaticDirectory
 from engine.clock import Clock
 from engine.config import load_config
@@ -233,9 +234,20 @@ def test_validator_may_tick_window_items(services, clock):
     postdeploy(services, user=VALIDATOR)
     step_id = services.config.runbook.procedure("window:immediate")[0][1].id
     replies = tick_all(services, 2, step_id, user=VALIDATOR)
+    with services.db.session() as session:
+        window_run = repository.get_deployment(session, 2)
+        log = render_log(
+            services.config,
+            window_run,
+            repository.steps_of(session, 2),
+            [],
+            repository.all_item_states(session, 2),
+        )
 
     assert replies
     assert not any("You need" in reply for reply in replies), replies
+    assert log.startswith("POST-DEPLOYMENT CHECKS - v11.0.0\nWindow: Immediate validation")
+    assert f"ticked by {VALIDATOR}" in log
 
 
 def test_unknown_window_lists_ids(services, clock):
