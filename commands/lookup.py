@@ -3,7 +3,7 @@
 from commands import messages
 from commands.context import Request, Services
 from commands.roles import has_role
-from engine.config import RELEASE
+from engine.config import RELEASE, join_words
 from storage import repository
 from storage.models import Deployment
 
@@ -75,8 +75,7 @@ def tick_roles(deployment: Deployment, role: str) -> tuple[str, ...]:
 
 def roles_text(roles: tuple[str, ...]) -> str:
     """Return "deployer, approver or validator" for those roles."""
-    words = [ROLE_WORDS[role] for role in roles]
-    return " or ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
+    return join_words([ROLE_WORDS[role] for role in roles], "or")
 
 
 ROLE_WORDS = {

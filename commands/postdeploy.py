@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from commands import messages
 from commands.context import Reply, Request, Services
-from commands.lookup import ROLE_WORDS, current_deployment, environment_of
+from commands.lookup import current_deployment, environment_of, roles_text
 from commands.roles import has_role
 from engine.config import (
     RELEASE,
@@ -64,7 +64,7 @@ def handle(services: Services, request: Request) -> Reply:
 
     environment = config.environments[environment_name]
     if not any(has_role(services.directory, environment, role, request.user_id) for role in ROLES):
-        roles = _join([ROLE_WORDS[role] for role in ROLES], "or")
+        roles = roles_text(ROLES)
         text = messages.role_needed(roles, environment_name, f"run `{command}`")
         return _reject(services, request, Rejection(text, "role"))
     runbook = config.runbook
@@ -307,12 +307,6 @@ def _whole_minutes(span: timedelta) -> int:
 def _minutes_until(moment: datetime, now: datetime) -> int:
     """Return the minutes from ``now`` to ``moment``, rounded up so "in 0 minutes" never shows."""
     return max(1, math.ceil((moment - now).total_seconds() / 60))
-
-
-def _join(words: list[str], conjunction: str) -> str:
-    if len(words) < 2:
-        return "".join(words)
-    return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
 
 
 # --- messages --------------------------------------------------------------------------------

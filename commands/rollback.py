@@ -11,7 +11,7 @@ import logging
 
 from commands import messages
 from commands.context import Form, Reply, Request, Services
-from commands.lookup import ROLE_WORDS, current_deployment, environment_of
+from commands.lookup import current_deployment, environment_of, roles_text
 from commands.roles import has_role
 from engine import backups
 from engine import rollback as rollbacks
@@ -245,8 +245,7 @@ def _role_refusal(services: Services, request: Request, environment_name: str) -
     if any(has_role(services.directory, environment, r, request.user_id) for r in ROLES):
         return None
     _audit_refusal(services, request, environment_name)
-    needed = " or ".join(ROLE_WORDS[role] for role in ROLES)
-    return messages.role_needed(needed, environment_name, "roll back")
+    return messages.role_needed(roles_text(ROLES), environment_name, "roll back")
 
 
 def _audit_refusal(services: Services, request: Request, environment_name: str) -> None:

@@ -45,8 +45,8 @@ def measure(environment: Environment, host: str, location: str, dump_name: str) 
     result = run_command(environment, host, "\n".join(lines), MEASURE_SECONDS)
     output = (result.stdout + result.stderr).strip()
     if not result.ok:
-        error = result.error or result.stderr.strip() or f"exit code {result.exit_code}"
-        return Measurement(False, output=output, error=f"measuring the backup failed: {error}")
+        error = f"measuring the backup failed: {result.failure}"
+        return Measurement(False, output=output, error=error)
     facts = dict(_FACT.findall(result.stdout))
     if not re.fullmatch(r"[0-9]+", facts.get("size", "")) or not re.fullmatch(
         r"[0-9a-f]{64}", facts.get("sha256", "")
@@ -77,8 +77,8 @@ def read_row_count(
     result = run_command(environment, host, f"tr -d ' \\n' < {rows_file}", MEASURE_SECONDS)
     rows = result.stdout.strip()
     if not result.ok or not re.fullmatch(r"[0-9]+", rows):
-        said = result.error or result.stderr.strip() or repr(rows)
-        return None, f"{spec.row_count} in the backup holds no row count: {said}"
+        found = result.failure if not result.ok else repr(rows)
+        return None, f"{spec.row_count} in the backup contains no row count: {found}"
     return int(rows), None
 
 
@@ -100,7 +100,7 @@ def remove(environment: Environment, host: str, location: str) -> str | None:
     result = run_command(environment, host, f"rm -rf -- {shlex.quote(location)}", REMOVE_SECONDS)
     if result.ok:
         return None
-    return result.error or result.stderr.strip() or f"exit code {result.exit_code}"
+    return result.failure
 
 
 def describe(size_bytes: int) -> str:

@@ -901,7 +901,7 @@ def _messages(document: YamlDocument, location: Location, details: list[dict]) -
         other_errors = [detail for detail in details if detail["type"] not in _TYPE_NAMES]
         if not other_errors:
             accepted = list(dict.fromkeys(_TYPE_NAMES[detail["type"]] for detail in details))
-            return [f"expected {_join(accepted, 'or')}{_got(details[0]['input'])}"]
+            return [f"expected {join_words(accepted, 'or')}{_got(details[0]['input'])}"]
         details = other_errors
     return [_describe(document, location, detail) for detail in details]
 
@@ -967,11 +967,12 @@ def _required_keys(model: type[BaseModel]) -> str:
     if len(required) == 1:
         return f" with key {required[0]}"
     if required:
-        return f" with keys {_join(required, 'and')}"
-    return f" with any of the keys {_join(names, 'or')}"
+        return f" with keys {join_words(required, 'and')}"
+    return f" with any of the keys {join_words(names, 'or')}"
 
 
-def _join(words: list[str], conjunction: str) -> str:
+def join_words(words: list[str], conjunction: str) -> str:
+    """Return "a, b or c" for ``words`` and the conjunction "or"."""
     if len(words) < 2:
         return "".join(words)
     return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"

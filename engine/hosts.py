@@ -36,6 +36,13 @@ class CommandResult:
     def ok(self) -> bool:
         return self.error is None and self.exit_code == 0
 
+    @property
+    def failure(self) -> str:
+        """Return why the command failed: the connection error, its last line on stderr, or
+        its exit code."""
+        last_lines = self.stderr.strip().splitlines()[-1:]
+        return self.error or (last_lines or [f"exit code {self.exit_code}"])[0]
+
 
 def wrap_script(script: str, environment: Environment) -> str:
     """Return the command line that runs ``script`` under bash with the environment's PATH."""

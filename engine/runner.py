@@ -624,8 +624,7 @@ class Runner:
             result = run_command(environment, host, script, step.run.timeout)
             outcome = outcome.extended((result.stdout + result.stderr).rstrip("\n"))
             if not result.ok:
-                last_line = result.stderr.strip().splitlines()[-1:]
-                reason = result.error or (last_line or [f"exit code {result.exit_code}"])[0]
+                reason = result.failure
                 record.verification = f"the restore check failed: {reason}"
                 with self.db.session() as session:
                     repository.save_backup(session, record)
