@@ -8,6 +8,7 @@ waits, as its first step, for a second approver.
 """
 
 import logging
+from dataclasses import dataclass
 
 from commands import messages
 from commands.context import Form, Reply, Request, Services
@@ -66,84 +67,89 @@ def submit(services: Services, request: Request) -> Reply:
     refusal = _role_refusal(services, request, release.environment)
     if refusal:
         return Reply(refusal, form=_notice("Not allowed", refusal))
-    config = services.config
-    environment = config.environments[release.environment]
-    now = services.clock.now()
+
+    environment = services.config.environments[release.environment]
     with services.db.session() as session:
         # Another confirmation of this release waits here until this one has ended.
         repository.hold_row(session, release.id)
-        plan = rollbacks.plan(config, session, release, mode, now)
-        if plan.refusal or plan.mode != mode:
-            text = plan.refusal or plan.note
-            session.rollback()  # lets go of the release's row before the audit writes
+        plan = rollbacks.plan(services.config, session, release, mode, services.clock.now())
+        text, rollback = plan.refusal or plan.note, None
+        if plan.mode == mode and not plan.refusal:
+            rollback = _record(services, session, request, release, plan)
+        if rollback is None:
+            active = repository.active_deployment(session, release.environment)
+            text = text or (messages.environment_busy(active) if active else "Try again.")
+        session.rollback()  # the row lock ends before the audit writes
+        if rollback is None:
             _audit(services, request, release, mode, refused=text)
             return Reply(text, form=_notice("Cannot roll back", text))
-        rollback = Deployment(
-            runbook=config.runbook.name,
-            environment=release.environment,
-            version=release.version,
-            procedure=plan.procedure,
-            parent_id=release.id,
-            requested_by=request.user_id,
-            request_channel=release.request_channel,
-            channel=environment.channel,
-            variables=rollbacks.variables(release, plan.backup),
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(rollback)
-        session.flush()
-        taken = repository.hand_over_environment(session, release, rollback, now)
-        if not taken:
-            session.rollback()
-            active = repository.active_deployment(session, release.environment)
-            text = messages.environment_busy(active) if active else "Try again."
-            session.rollback()
-            _audit(services, request, release, mode, refused="environment busy")
-            return Reply(text, form=_notice("Cannot roll back", text))
-        for step in plan_steps(config.runbook, environment, plan.procedure):
-            step.deployment_id = rollback.id
-            session.add(step)
-        # Checks of the release's version stop: the version they check is going away.
-        windows = [
-            child
-            for child in repository.children_of(session, release.id)
-            if child.procedure.startswith("window:") and not child.status.finished
-        ]
-        for window in windows:
-            window.cancel_requested_by = request.user_id
-            repository.wake(session, window.id)
-        repository.audit(
-            session,
-            now=now,
-            actor=request.user_id,
-            action="rollback.requested",
-            deployment_id=rollback.id,
-            release=release.id,
-            mode=mode,
-            backup=plan.backup.id,
-        )
-        session.commit()
-        rollback_id = rollback.id
-        window_ids = [window.id for window in windows]
     logger.info(
         "Rollback %s (%s) of deployment %s requested by %s",
-        rollback_id,
+        rollback.id,
         mode,
         release.id,
         request.user_id,
     )
-    services.worker.submit(release.id)  # a release that was waiting ends as cancelled
-    for window_id in window_ids:
-        services.worker.submit(window_id)
-    services.worker.submit(rollback_id)
+    # A release that was waiting ends as cancelled, and so do its open windows of checks.
+    for deployment_id in (release.id, *rollback.windows, rollback.id):
+        services.worker.submit(deployment_id)
     services.observer.deployment_changed(release.id)
-    services.observer.deployment_changed(rollback_id)
+    services.observer.deployment_changed(rollback.id)
     text = (
-        f"Started rollback #{rollback_id} of `{release.version}` ({mode}). "
+        f"Started rollback #{rollback.id} of `{release.version}` ({mode}). "
         f"Follow it in <#{environment.channel}>."
     )
     return Reply(text, form=_notice("Rollback started", text))
+
+
+@dataclass
+class _Started:
+    id: int
+    windows: list[int]  # the release's windows of checks, asked to end
+
+
+def _record(services, session, request, release: Deployment, plan) -> _Started | None:
+    """Store the rollback with its steps and the environment's lock, and commit.
+
+    Returns None, with nothing stored, when another deployment has the lock.
+    """
+    config = services.config
+    environment = config.environments[release.environment]
+    now = services.clock.now()
+    rollback = Deployment(
+        runbook=config.runbook.name,
+        environment=release.environment,
+        version=release.version,
+        procedure=plan.procedure,
+        parent_id=release.id,
+        requested_by=request.user_id,
+        request_channel=release.request_channel,
+        channel=environment.channel,
+        variables=rollbacks.variables(release, plan.backup),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(rollback)
+    session.flush()
+    if not repository.hand_over_environment(session, release, rollback, now):
+        return None
+    for step in plan_steps(config.runbook, environment, plan.procedure):
+        step.deployment_id = rollback.id
+        session.add(step)
+    # The windows check a version that is going away.
+    windows = repository.cancel_open_windows(session, release.id, request.user_id)
+    repository.audit(
+        session,
+        now=now,
+        actor=request.user_id,
+        action="rollback.requested",
+        deployment_id=rollback.id,
+        release=release.id,
+        mode=plan.mode,
+        backup=plan.backup.id,
+    )
+    session.commit()
+    return _Started(rollback.id, windows)
 
 
 # --- the confirmation ------------------------------------------------------------------------

@@ -552,8 +552,8 @@ class Runbook(Strict):
         """Return the phases and steps a deployment runs by its procedure.
 
         ``release`` is the runbook's phases. ``rollback:quick`` and ``rollback:full`` are a
-        rollback followed by its verification; a full one first asks a second approver and
-        checks the backup against its record. ``window:ID`` is one post-deployment window.
+        rollback followed by its verification. A full one first waits for a second approver,
+        then checks the backup against its record. ``window:ID`` is one post-deployment window.
         """
         if name == RELEASE:
             return self.steps()

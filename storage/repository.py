@@ -118,6 +118,19 @@ def forget_backup(session: Session, deployment_id: int) -> None:
         session.delete(earlier)
 
 
+def cancel_open_windows(session: Session, release_id: int, user_id: str) -> list[int]:
+    """Ask the release's unfinished windows of checks to end as cancelled; return their ids."""
+    windows = [
+        child
+        for child in children_of(session, release_id)
+        if child.procedure.startswith("window:") and not child.status.finished
+    ]
+    for window in windows:
+        window.cancel_requested_by = user_id
+        wake(session, window.id)
+    return [window.id for window in windows]
+
+
 def children_of(session: Session, deployment_id: int) -> list[Deployment]:
     """Return the rollbacks and post-deployment checks of a release, oldest first."""
     statement = select(Deployment).where(Deployment.parent_id == deployment_id)
@@ -155,9 +168,11 @@ def release_environment(session: Session, deployment: Deployment) -> None:
 def hand_over_environment(
     session: Session, release: Deployment, rollback: Deployment, now: datetime
 ) -> bool:
-    """Give ``rollback`` the environment's lock: from ``release`` if the release still holds
-    it (and ask the release to end as cancelled), or else a free lock. False when another
-    deployment holds it; the session is then rolled back.
+    """Give ``rollback`` the environment's lock and return True.
+
+    The lock moves from ``release`` if the release still has it, and the release is asked to
+    end as cancelled. Otherwise a free lock is taken. Returns False, with the session rolled
+    back, when another deployment has the lock.
     """
     moved = session.execute(
         update(EnvironmentLock)

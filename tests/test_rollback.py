@@ -148,7 +148,7 @@ def running_version(site) -> str:
     return httpx.get(f"{site.api_url}/q/health", timeout=10).json()["version"]
 
 
-def test_full_rollback_restores_the_rows_from_before_the_release(bot):
+def test_full_rollback_restores_earlier_rows(bot):
     services, site = bot
     release(services)
     before = approval_ids(site)
@@ -162,7 +162,8 @@ def test_full_rollback_restores_the_rows_from_before_the_release(bot):
     assert "back to `v10.4.2`" in form.text
     with services.db.session() as session:
         backup = repository.backup_of(session, 1)
-    assert backup.sha256 in form.text and f"{SEED_ROWS} approval rows" in form.text
+    assert backup.sha256 in form.text
+    assert f"{SEED_ROWS} approval rows" in form.text
     assert "second person with the approver role" in form.text
     assert "Started rollback #2" in submitted.text
 
@@ -198,7 +199,7 @@ def test_full_rollback_restores_the_rows_from_before_the_release(bot):
     assert backup.sha256 in rollback_log
 
 
-def test_quick_rollback_keeps_the_data_and_returns_to_the_previous_version(bot):
+def test_quick_rollback_keeps_data(bot):
     services, site = bot
     release(services)
     write_approvals(site, 1)
@@ -222,7 +223,7 @@ def test_quick_rollback_keeps_the_data_and_returns_to_the_previous_version(bot):
     assert not form.submit
 
 
-def test_quick_rollback_after_its_window_is_refused_and_full_offered(bot):
+def test_quick_rollback_after_window_offers_full(bot):
     services, site = bot
     release(services)
     services.clock.offset = timedelta(minutes=31)
@@ -245,7 +246,7 @@ def test_quick_rollback_after_its_window_is_refused_and_full_offered(bot):
     assert running_version(site) == "v11.0.0"
 
 
-def test_a_changed_backup_is_not_restored(bot):
+def test_rollback_changed_backup_not_restored(bot):
     services, site = bot
     release(services)
     write_approvals(site, 2)
@@ -285,7 +286,8 @@ def test_rollback_needs_the_role(bot):
     button = rollback.open_form(
         services, Request(user_id=OUTSIDER, channel_id=CHANNEL, text="1", action_id=rollback.OPEN)
     )
-    assert button.form is None and "role" in button.text
+    assert button.form is None
+    assert "role" in button.text
     submitted = rollback.submit(
         services,
         Request(user_id=OUTSIDER, channel_id="", text="1:quick", action_id=rollback.CONFIRM),
@@ -294,7 +296,7 @@ def test_rollback_needs_the_role(bot):
     assert stored(services, 2) is None
 
 
-def test_a_release_that_never_rolled_out_has_nothing_to_roll_back(bot, tmp_path):
+def test_rollback_before_rollout_rejected(bot):
     services, site = bot
     # Stop the release before its rollout: the backup runs, the rollout does not.
     from commands import deploy
@@ -312,7 +314,7 @@ def test_a_release_that_never_rolled_out_has_nothing_to_roll_back(bot, tmp_path)
     assert not form.submit
 
 
-def test_two_confirmations_at_once_start_one_rollback(tmp_path, target, monkeypatch):
+def test_rollback_concurrent_confirmations_start_one(tmp_path, target, monkeypatch):
     site, sshd = target
     monkeypatch.setenv("GONOGO_ROLLBACK_TEST_TOKEN", TOKEN)
     config = load_config(

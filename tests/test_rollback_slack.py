@@ -262,7 +262,7 @@ def test_confirming_rolls_back_to_previous_version(bot, target, rolled_back):
 
     assert rolled_back.submission.status_code == 200
     answer = rolled_back.submission.json()
-    assert answer["response_action"] == "update"  # the modal now says where to follow it
+    assert answer["response_action"] == "update"  # the modal now shows where to follow it
     assert answer["view"]["title"]["text"] == "Rollback started"
     assert "Started rollback #2" in view_text(answer["view"])
     assert [(r.id, r.procedure, r.requested_by) for r in rollbacks] == [

@@ -90,7 +90,7 @@ def write_environments(path: Path, site, sshd, roles: dict, token_variable: str)
             "production": {
                 "channel": CHANNEL,
                 "roles": roles,
-                "require_approval": False,  # a full rollback still asks a second approver
+                "require_approval": False,  # a full rollback still needs a second approver
                 "quick_rollback_minutes": 30,
                 "ssh": {
                     "user": sshd.user,
